@@ -1,0 +1,34 @@
+# One command for each job; each sets up what it needs (a .venv in the checkout) on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint format bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)          ## the main job: explain the built-in benchmark, write grid, report, summary
+	$(VENV)/bin/camlens demo --out out/demo
+
+test: $(STAMP)          ## the whole test suite, lint included
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format src tests benchmarks
+	$(VENV)/bin/ruff check --fix src tests benchmarks
+
+bench: $(STAMP)         ## side-by-side speed and memory against the peer libraries
+	$(PY) benchmarks/bench_gradient.py --write BENCHMARKS.md
+
+clean:
+	rm -rf $(VENV) out build *.egg-info src/*.egg-info .pytest_cache

@@ -1,0 +1,83 @@
+"""Method names -> implementations, with what the engine needs to know about each one."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from camlens.errors import MethodNotFoundError
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """A registered CAM method.
+
+    Attributes:
+        name: the short name users pass as ``method=``.
+        fn: the pure maths, tensors in, raw map ``(B, h, w)`` out (see ``inputs``).
+        inputs: what ``fn`` takes after the activations ``(B, K, h, w)``:
+            ``"grads"`` the gradients of the target score w.r.t. the activations, same shape;
+            ``"class_weights"`` the rows ``(B, K)`` of the GAP + linear head for each image's class.
+        paper: the reference the implementation follows.
+    """
+
+    name: str
+    fn: Callable[[Tensor, Tensor], Tensor]
+    inputs: str
+    paper: str
+
+    @property
+    def needs_grads(self) -> bool:
+        return self.inputs == "grads"
+
+
+_REGISTRY: dict[str, MethodInfo] = {}
+_INPUTS = ("grads", "class_weights")
+
+
+def register(
+    name: str, *, inputs: str, paper: str
+) -> Callable[[Callable[[Tensor, Tensor], Tensor]], Callable[[Tensor, Tensor], Tensor]]:
+    """Register ``fn`` under ``name``; returns ``fn`` unchanged so it stays a plain function."""
+    if inputs not in _INPUTS:
+        raise ValueError(f"inputs must be one of {_INPUTS}, got {inputs!r}")
+
+    def decorator(fn: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
+        if name in _REGISTRY:
+            raise ValueError(f"method {name!r} is registered twice")
+        _REGISTRY[name] = MethodInfo(name=name, fn=fn, inputs=inputs, paper=paper)
+        return fn
+
+    return decorator
+
+
+def get_method(name: str) -> MethodInfo:
+    """Look a method up by name; unknown names raise with the names that exist."""
+    if not isinstance(name, str):
+        raise MethodNotFoundError(
+            f"method must be a name (str), got {type(name).__name__}; known: {', '.join(methods())}"
+        )
+    key = name.lower().replace("-", "").replace("_", "") if name not in _REGISTRY else name
+    if key in _REGISTRY:
+        return _REGISTRY[key]
+    for known in _REGISTRY:  # forgive "Grad-CAM", "grad_cam", "GradCAM++"
+        if known.replace("_", "") == key.replace("++", "pp"):
+            return _REGISTRY[known]
+    near = difflib.get_close_matches(name.lower(), list(_REGISTRY), n=3)
+    hint = f" Did you mean {', '.join(map(repr, near))}?" if near else ""
+    raise MethodNotFoundError(
+        f"unknown method {name!r}.{hint} Registered methods: {', '.join(methods())}."
+    )
+
+
+def methods() -> list[str]:
+    """The registered method names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def method_info(name: str) -> MethodInfo:
+    """The metadata of a registered method (its paper, what it needs)."""
+    return get_method(name)

@@ -1,0 +1,74 @@
+"""Shared tiny models and helpers for the tests."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+
+class GapNet(nn.Module):
+    """conv -> ReLU -> conv -> ReLU (``features``) -> global average pooling -> one linear layer."""
+
+    def __init__(self, channels: int = 6, classes: int = 5, in_ch: int = 3):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_ch, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(8, channels, 3, stride=2, padding=1),
+            nn.ReLU(),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(channels, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.pool(self.features(x)).flatten(1))
+
+
+class HandNet(nn.Module):
+    """The input *is* the activation: features = Identity, then GAP and a fixed linear layer.
+
+    Lets a test write A^k and w^c on paper and compute every method by hand.
+    """
+
+    def __init__(self, weight: Tensor, bias: Tensor | None = None):
+        super().__init__()
+        self.features = nn.Identity()
+        self.fc = nn.Linear(weight.shape[1], weight.shape[0])
+        with torch.no_grad():
+            self.fc.weight.copy_(weight)
+            self.fc.bias.copy_(bias if bias is not None else torch.zeros(weight.shape[0]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.features(x).mean(dim=(2, 3)))
+
+
+def capture(model: nn.Module, layer: nn.Module, x: Tensor) -> Tensor:
+    """The true output of ``layer`` for input ``x``, taken independently of camlens."""
+    store: list[Tensor] = []
+    handle = layer.register_forward_hook(lambda _m, _i, o: store.append(o.detach().clone()))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        handle.remove()
+    return store[0]
+
+
+def hook_count(model: nn.Module) -> int:
+    return sum(
+        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+        for m in model.modules()
+    )
+
+
+@pytest.fixture
+def gapnet() -> GapNet:
+    torch.manual_seed(0)
+    return GapNet().eval()
+
+
+@pytest.fixture
+def images() -> Tensor:
+    torch.manual_seed(1)
+    return torch.randn(4, 3, 16, 16)
