@@ -1,0 +1,72 @@
+"""Training the demo model on ``shapes``: reproducible from a seed, a few minutes on 2 CPU cores.
+
+camlens demo train [--out PATH] [--seed 0] [--steps 1500]
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from camlens.demo.model import ShapesCNN
+from camlens.demo.shapes import shapes
+
+
+@torch.no_grad()
+def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy, in batches of 250, with the model in eval mode (restored after)."""
+    was_training = model.training
+    model.eval()
+    correct = sum(
+        int((model(images[i : i + 250]).argmax(1) == labels[i : i + 250]).sum())
+        for i in range(0, len(images), 250)
+    )
+    model.train(was_training)
+    return correct / max(len(images), 1)
+
+
+def train(
+    out: str | Path,
+    seed: int = 0,
+    steps: int = 1500,
+    batch: int = 64,
+    size: int = 96,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Train ``ShapesCNN`` on freshly generated shapes and save safetensors weights to ``out``.
+
+    Every batch is new data (seeded from ``seed`` and the step), one image in four has two
+    instances; AdamW with a one-cycle schedule. Returns the accuracy on a fresh
+    ``shapes(1000, seed=12345)`` and the wall time.
+    """
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    model = ShapesCNN()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
+    start = time.time()
+    bar = tqdm(range(steps), desc="training", disable=not progress)
+    model.train()
+    for step in bar:
+        x1, y1, _ = shapes(batch * 3 // 4, seed=seed * 1_000_003 + step, size=size)
+        x2, y2, _ = shapes(batch // 4, seed=seed * 1_000_003 + step, size=size, instances=2)
+        x, y = torch.cat([x1, x2]), torch.cat([y1, y2])
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    test_x, test_y, _ = shapes(1000, seed=12345, size=size)
+    acc = accuracy(model, test_x, test_y)
+    model.eval()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out))
+    return {"test_accuracy": acc, "seconds": time.time() - start}
