@@ -134,7 +134,9 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     raw: dict[str, torch.Tensor] = {}
     written = 0
     for method in args.method:
-        explainer = camlens.Explainer(model, method, args.layer)
+        explainer = camlens.Explainer(
+            model, method, args.layer, batch_size=args.batch_size, progress=True
+        )
         for suffix, target in plans:
             try:
                 ex = explainer(x, target)
@@ -209,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--colormap", default="jet", help="any matplotlib colormap")
     explain.add_argument("--alpha", type=float, default=0.4, help="heatmap opacity in [0, 1]")
     explain.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    explain.add_argument(
+        "--batch-size",
+        type=int,
+        default=64,
+        help="images per forward pass for methods that re-run the model (scorecam, ...)",
+    )
     explain.set_defaults(func=_cmd_explain)
 
     methods = sub.add_parser(

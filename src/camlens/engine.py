@@ -9,7 +9,8 @@ after them. No ``backward()``, no parameter ``.grad``, no ``retain_graph``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import inspect
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -28,8 +29,10 @@ from camlens.layers import (
     resolve_layers,
 )
 from camlens.maps import minmax, to_heatmap
+from camlens.probe import Probe
 from camlens.registry import MethodInfo, get_method
-from camlens.targets import TargetSpec, select_scores
+from camlens.suffix import layer_runner
+from camlens.targets import TargetSpec, class_ids, logits_of, select_scores
 
 
 @contextmanager
@@ -144,14 +147,55 @@ def _check_images(model: nn.Module, images: Any) -> Tensor:
     return images
 
 
+def _option_names(fn: Callable[..., Any]) -> set[str]:
+    """The keyword options a method function accepts: its parameters with defaults."""
+    return {
+        name
+        for name, p in inspect.signature(fn).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+
+
+def _noisy_copies(images: Tensor, samples: int, std: float, gen: torch.Generator) -> Tensor:
+    """``samples`` copies of each image plus N(0, sigma^2), sigma = std * (max - min) of that
+    image (SmoothGrad's convention); image-major order: (B * samples, C, H, W)."""
+    span = (images.flatten(1).amax(1) - images.flatten(1).amin(1)).view(-1, 1, 1, 1, 1)
+    rep = images[:, None].expand(-1, samples, *images.shape[1:])
+    noise = torch.randn(rep.shape, generator=gen, device=images.device, dtype=images.dtype)
+    return (rep + noise * std * span).reshape(-1, *images.shape[1:])
+
+
 class Explainer:
     """A reusable explainer: one model, one method, one or more layers.
 
     ``Explainer(model, "gradcam", "layer4")(images, target)`` is what :func:`explain` does, but
-    the automatic layer search (one dry run) happens once and is reused for later calls.
+    the automatic layer search (one dry run) and the model split of gradient-free methods happen
+    once and are reused for later calls.
+
+    Keyword arguments:
+        batch_size: images (or activations) per forward pass for methods that re-run the model.
+        progress: show a tqdm progress bar for those passes (off by default).
+        seed: seeds the noise of SS-CAM, Smooth Grad-CAM++ and ``smooth``.
+        smooth: for gradient methods, average the raw maps over this many noisy copies of each
+            image (SmoothGrad-style; 0 = off); ``smooth_std`` is the noise's standard deviation
+            as a fraction of each image's value range (default 0.15).
+        samples, smooth_std: also the number of copies and noise of ``smoothgradcampp``.
+        other options go to the method (e.g. ``gamma`` and ``base`` for Finer-CAM).
     """
 
-    def __init__(self, model: nn.Module, method: str = "gradcam", layer: LayerSpec = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        method: str = "gradcam",
+        layer: LayerSpec = None,
+        *,
+        batch_size: int = 64,
+        progress: bool = False,
+        seed: int = 0,
+        smooth: int = 0,
+        smooth_std: float = 0.15,
+        **options: Any,
+    ):
         if not isinstance(model, nn.Module):
             raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
@@ -159,6 +203,32 @@ class Explainer:
         self._layer_spec = layer
         self._layers: list[tuple[str, nn.Module]] | None = (
             None if layer is None else resolve_layers(model, layer)
+        )
+        self.batch_size, self.progress, self.seed = batch_size, progress, seed
+        if smooth and self.method.inputs != "grads":
+            raise InputError(
+                f"smooth= applies to gradient methods that take (acts, grads); {method!r} does "
+                "not (smoothgradcampp has its own samples= option)"
+            )
+        self.smooth, self.smooth_std = int(smooth), float(smooth_std)
+        self._fn_options, self._score_options = self._split_options(options)
+
+    def _split_options(self, options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        info = self.method
+        fn_names = _option_names(info.fn)
+        score_names = _option_names(info.score) if info.score is not None else set()
+        if info.inputs == "grad_samples":
+            fn_names |= {"samples"}
+        unknown = set(options) - fn_names - score_names
+        if unknown:
+            accepted = sorted(fn_names | score_names) or ["none"]
+            raise InputError(
+                f"unknown option(s) {sorted(unknown)} for method {info.name!r}; it accepts: "
+                f"{', '.join(accepted)} (and batch_size, progress, seed for any method)"
+            )
+        return (
+            {k: v for k, v in options.items() if k in fn_names},
+            {k: v for k, v in options.items() if k in score_names},
         )
 
     @property
@@ -170,27 +240,38 @@ class Explainer:
         """Explain a batch. ``target``: None (top class), an int, B ints, or a callable."""
         model, info = self.model, self.method
         images = _check_images(model, images)
-        if info.needs_grads and torch.is_inference_mode_enabled():
-            raise GradientUnavailableError(
-                f"{info.name!r} needs gradients, which torch.inference_mode() forbids; call it "
-                "outside inference_mode (torch.no_grad() is fine), or use method='cam'"
-            )
+        if (
+            info.inputs != "class_weights"
+            and info.inputs != "acts"
+            and (info.needs_grads or info.inputs == "model")
+        ):
+            if torch.is_inference_mode_enabled():
+                raise GradientUnavailableError(
+                    f"{info.name!r} needs gradients, which torch.inference_mode() forbids; call "
+                    "it outside inference_mode (torch.no_grad() is fine), or use a gradient-free "
+                    "method (cam, scorecam, ablationcam, eigencam, reciprocam)"
+                )
         with preserved_model(model):
             if self._layers is None:
                 self._layers = resolve_layers(model, find_last_spatial_layer(model, images))
+            if info.inputs == "model":
+                return self._run_model_level(images, target)
+            if info.inputs == "layer_probe":
+                return self._run_layer_probe(images, target)
             return self._run(images, target)
 
-    def _run(self, images: Tensor, target: TargetSpec) -> Explanation:
-        model, info = self.model, self.method
-        batch = images.shape[0]
-        linears = (
-            []
-            if info.needs_grads
-            else [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    # -- one forward with capture hooks (gradient methods, CAM, Eigen-CAM, Score-CAM family) --
+
+    def _forward(self, batch: Tensor, track_grads: bool, linears: bool) -> tuple[Any, _Capture]:
+        model = self.model
+        heads = (
+            [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+            if linears
+            else []
         )
-        capture = _Capture(self._layers, track_grads=info.needs_grads, linears=linears)
+        capture = _Capture(self._layers, track_grads=track_grads, linears=heads)
         with capture, torch.no_grad():
-            output = model(images)
+            output = model(batch)
         for name, _ in self._layers:
             if name not in capture.acts:
                 raise LayerError(
@@ -202,55 +283,191 @@ class Explainer:
                     f"layer {name!r} ran {capture.calls[name]} times in one forward pass (a "
                     "shared module); its activation is ambiguous, pick a layer that runs once"
                 )
-        with torch.set_grad_enabled(info.needs_grads):
-            scores, ids = select_scores(target, output, batch)
-        acts = [capture.acts[name] for name, _ in self._layers]
-        if info.needs_grads:
-            extra = self._gradients(scores, acts)
-        else:
-            logits = output if isinstance(output, Tensor) else None
-            if logits is None or ids.lt(0).any():
-                raise TargetError("CAM explains a class of a classifier: pass class ids as target")
-            extra = []
-            for (name, _), act in zip(self._layers, acts, strict=True):
-                weight = find_gap_linear_head(act, logits, capture.linears, name)
-                extra.append(weight.detach()[ids].to(act.dtype))
-        with torch.no_grad():
-            raw = {
-                name: info.fn(act.detach().float(), ext.float())
-                for (name, _), act, ext in zip(self._layers, acts, extra, strict=True)
-            }
-            size = (images.shape[-2], images.shape[-1])
-            if len(raw) == 1:
-                maps = to_heatmap(next(iter(raw.values())), size)
-            else:
-                maps = minmax(fuse_layers(list(raw.values()), size))
-        logits_out = output.detach() if isinstance(output, Tensor) and output.ndim == 2 else None
-        return Explanation(
-            maps=maps,
-            raw=raw,
-            targets=ids,
-            scores=scores.detach(),
-            layers=[name for name, _ in self._layers],
-            method=info.name,
-            logits=logits_out,
-        )
+        return output, capture
 
-    def _gradients(self, scores: Tensor, acts: list[Tensor]) -> list[Tensor]:
+    def _select(self, target: TargetSpec, output: Any, clean: int, copies: int) -> tuple:
+        """Scores and class ids for a batch of ``clean`` images followed by ``clean * copies``
+        noisy copies (image-major); class targets are resolved on the clean images."""
+        total = clean * (1 + copies)
+        if callable(target) and not isinstance(target, Tensor):
+            return select_scores(target, output, total)
+        logits = logits_of(output, total)
+        ids = class_ids(target, logits[:clean])
+        if copies:
+            ids = torch.cat([ids, ids.repeat_interleave(copies)])
+        if self.method.score is not None:
+            return self.method.score(logits, ids, **self._score_options), ids
+        return logits.gather(1, ids[:, None])[:, 0], ids
+
+    def _run(self, images: Tensor, target: TargetSpec) -> Explanation:
+        info = self.method
+        batch = images.shape[0]
+        copies = 0
+        forward_batch = images
+        if info.inputs == "grad_samples" or self.smooth:
+            copies = self._fn_options.get("samples", 8) if not self.smooth else self.smooth
+            gen = torch.Generator(device=images.device).manual_seed(self.seed)
+            noisy = _noisy_copies(images, copies, self.smooth_std, gen)
+            forward_batch = torch.cat([images, noisy])
+        output, capture = self._forward(
+            forward_batch, track_grads=info.needs_grads, linears=info.inputs == "class_weights"
+        )
+        with torch.set_grad_enabled(info.needs_grads):
+            scores, ids = self._select(target, output, batch, copies)
+        acts = [capture.acts[name] for name, _ in self._layers]
+        options = {k: v for k, v in self._fn_options.items() if k != "samples"}
+        raws: list[Tensor] = []
+        if info.needs_grads:
+            grads, hvps = self._gradients(scores, acts, hessian=info.inputs == "grads_hvp")
+        for i, (name, _) in enumerate(self._layers):
+            act = acts[i].detach().float()
+            with torch.no_grad():
+                if info.inputs == "grads" and copies:  # SmoothGrad-style average of raw maps
+                    noisy_raw = info.fn(act[batch:], grads[i][batch:].float(), **options)
+                    raw = noisy_raw.view(batch, copies, *noisy_raw.shape[1:]).mean(dim=1)
+                elif info.inputs == "grads":
+                    raw = info.fn(act, grads[i].float(), **options)
+                elif info.inputs == "grads_hvp":
+                    raw = info.fn(act, grads[i].float(), hvps[i].float(), **options)
+                elif info.inputs == "grad_samples":
+                    g = grads[i][batch:].float()
+                    raw = info.fn(act[:batch], g.view(batch, copies, *g.shape[1:]), **options)
+                elif info.inputs == "class_weights":
+                    raw = info.fn(act, self._class_weights(act, output, ids, capture, name))
+                elif info.inputs == "acts":
+                    raw = info.fn(act, **options)
+                else:  # input_probe
+                    probe = Probe(
+                        lambda x, _owner: self.model(x),
+                        images,
+                        act,
+                        ids,
+                        scores.detach(),
+                        self.batch_size,
+                        self.progress,
+                        self.seed,
+                        desc=f"{info.name} {name}",
+                    )
+                    raw = info.fn(act, probe, **options)
+            raws.append(raw)
+        logits = output[:batch] if isinstance(output, Tensor) and output.ndim == 2 else None
+        return self._explanation(images, raws, ids[:batch], scores[:batch], logits)
+
+    def _class_weights(
+        self, act: Tensor, output: Any, ids: Tensor, capture: _Capture, name: str
+    ) -> Tensor:
+        if not isinstance(output, Tensor) or bool(ids.lt(0).any()):
+            raise TargetError("CAM explains a class of a classifier: pass class ids as target")
+        weight = find_gap_linear_head(act, output, capture.linears, name)
+        return weight.detach()[ids].float()
+
+    def _gradients(
+        self, scores: Tensor, acts: list[Tensor], hessian: bool = False
+    ) -> tuple[list[Tensor], list[Tensor]]:
         if not scores.requires_grad:
             raise TargetError(
                 "the target score does not depend on the explained layer(s) "
                 f"{self.layers}; pick a layer before the output that the score is computed from"
             )
         with torch.enable_grad():  # the caller may be under torch.no_grad()
-            grads = torch.autograd.grad(scores.sum(), acts, allow_unused=True)
-        missing = [name for (name, _), g in zip(self._layers, grads, strict=True) if g is None]
-        if missing:
-            raise TargetError(
-                f"the target score does not depend on layer(s) {missing}; pick layers on the "
-                "path from the input to the explained output"
-            )
-        return list(grads)
+            grads = torch.autograd.grad(scores.sum(), acts, allow_unused=True, create_graph=hessian)
+            missing = [name for (name, _), g in zip(self._layers, grads, strict=True) if g is None]
+            if missing:
+                raise TargetError(
+                    f"the target score does not depend on layer(s) {missing}; pick layers on "
+                    "the path from the input to the explained output"
+                )
+            hvps: list[Tensor] = []
+            if hessian:  # H A = d/dA (g . A) with A held constant in the product
+                dot = sum((g * a.detach()).sum() for g, a in zip(grads, acts, strict=True))
+                if dot.requires_grad:
+                    hvps = [
+                        h if h is not None else torch.zeros_like(a)
+                        for h, a in zip(
+                            torch.autograd.grad(dot, acts, allow_unused=True), acts, strict=True
+                        )
+                    ]
+                else:  # piecewise-linear head: the Hessian is zero
+                    hvps = [torch.zeros_like(a) for a in acts]
+        return [g.detach() for g in grads], hvps
+
+    # -- gradient-free methods that re-run the part of the network after the layer --
+
+    def _run_layer_probe(self, images: Tensor, target: TargetSpec) -> Explanation:
+        info, batch = self.method, images.shape[0]
+        raws: list[Tensor] = []
+        first: tuple[Tensor, Tensor, Any] | None = None
+        for name, module in self._layers:
+            with torch.no_grad():
+                act, run = layer_runner(self.model, name, module, images)
+                if not isinstance(act, Tensor) or act.ndim != 4:
+                    raise LayerError(f"layer {name!r} does not output a (B, C, h, w) feature map")
+                owner = torch.arange(batch, device=images.device)
+                output = run(act, owner)
+                scores, ids = self._select(target, output, batch, 0)
+                probe = Probe(
+                    run,
+                    images,
+                    act,
+                    ids,
+                    scores,
+                    self.batch_size,
+                    self.progress,
+                    self.seed,
+                    desc=f"{info.name} {name}",
+                )
+                raws.append(info.fn(act.float(), probe, **self._fn_options))
+            if first is None:
+                first = (scores, ids, output)
+        assert first is not None
+        scores, ids, output = first
+        logits = output if isinstance(output, Tensor) and output.ndim == 2 else None
+        return self._explanation(images, raws, ids, scores, logits)
+
+    # -- methods defined on the whole network (FullGrad, Guided Grad-CAM) --
+
+    def _run_model_level(self, images: Tensor, target: TargetSpec) -> Explanation:
+        from camlens.cams.model_based import ModelCall
+
+        batch = images.shape[0]
+        call = ModelCall(
+            model=self.model,
+            images=images,
+            target=target,
+            score=lambda out: self._select(target, out, batch, 0),
+            layers=self._layers,
+        )
+        result = self.method.fn(call, **self._fn_options)
+        size = (images.shape[-2], images.shape[-1])
+        if result.maps is not None:
+            maps = minmax(result.maps)
+        else:
+            maps = minmax(fuse_layers(list(result.raw.values()), size))
+        return Explanation(
+            maps=maps,
+            raw=result.raw,
+            targets=result.class_ids,
+            scores=result.scores,
+            layers=list(result.raw),
+            method=self.method.name,
+            extras=result.extras,
+        )
+
+    def _explanation(
+        self, images: Tensor, raws: list[Tensor], ids: Tensor, scores: Tensor, logits: Any
+    ) -> Explanation:
+        size = (images.shape[-2], images.shape[-1])
+        with torch.no_grad():
+            maps = to_heatmap(raws[0], size) if len(raws) == 1 else minmax(fuse_layers(raws, size))
+        return Explanation(
+            maps=maps,
+            raw={name: raw for (name, _), raw in zip(self._layers, raws, strict=True)},
+            targets=ids,
+            scores=scores.detach(),
+            layers=[name for name, _ in self._layers],
+            method=self.method.name,
+            logits=logits.detach() if isinstance(logits, Tensor) else None,
+        )
 
 
 def explain(
@@ -259,6 +476,7 @@ def explain(
     method: str = "gradcam",
     layer: LayerSpec = None,
     target: TargetSpec = None,
+    **options: Any,
 ) -> Explanation:
     """Explain what ``model`` looked at in ``images``, with a CAM method.
 
@@ -271,7 +489,10 @@ def explain(
         target: None (each image's top class), an int (one class for all), B ints, or a
             callable ``output -> (B,) scores``.
 
+        options: ``batch_size``, ``progress``, ``seed``, ``smooth``, ``smooth_std`` and the
+            method's own options, see :class:`Explainer`.
+
     Returns:
         an :class:`Explanation` with ``maps`` (B, H, W) in [0, 1] and ``raw`` maps per layer.
     """
-    return Explainer(model, method, layer)(images, target)
+    return Explainer(model, method, layer, **options)(images, target)

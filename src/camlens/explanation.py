@@ -21,6 +21,8 @@ class Explanation:
         layers: the layer names used, in the order given (or found).
         method: the method's registered name.
         logits: (B, classes) the model's output when it is a classifier's logits, else None.
+        extras: method-specific tensors (e.g. FullGrad's completeness check, Guided Grad-CAM's
+            (B, C, H, W) map).
     """
 
     maps: Tensor
@@ -30,6 +32,7 @@ class Explanation:
     layers: list[str]
     method: str
     logits: Tensor | None = field(default=None, repr=False)
+    extras: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return int(self.maps.shape[0])

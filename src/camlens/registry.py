@@ -18,37 +18,56 @@ class MethodInfo:
     Attributes:
         name: the short name users pass as ``method=``.
         fn: the pure maths, tensors in, raw map ``(B, h, w)`` out (see ``inputs``).
-        inputs: what ``fn`` takes after the activations ``(B, K, h, w)``:
-            ``"grads"`` the gradients of the target score w.r.t. the activations, same shape;
-            ``"class_weights"`` the rows ``(B, K)`` of the GAP + linear head for each image's class.
+        inputs: what ``fn`` takes after the activations ``acts`` (B, K, h, w):
+            ``"grads"``: ``grads``, dS/dA, same shape as acts;
+            ``"class_weights"``: ``weights`` (B, K), the GAP + linear head's row for each class;
+            ``"acts"``: nothing more (class-agnostic methods);
+            ``"grads_hvp"``: ``grads`` and ``hvp`` = H A, the Hessian of S w.r.t. A times A;
+            ``"grad_samples"``: ``grads`` (B, S, K, h, w) at S noisy copies of each image;
+            ``"input_probe"``: ``probe``, which scores batches of modified *images*;
+            ``"layer_probe"``: ``probe``, which scores batches of modified *activations* by
+            running only the network after the layer;
+            ``"model"``: the engine hands the whole model (FullGrad, Guided Grad-CAM).
         paper: the reference the implementation follows.
+        score: optional ``(logits, class_ids, **options) -> (B,)``: the scalar explained instead
+            of the logit (Finer-CAM's contrast with similar classes).
     """
 
     name: str
-    fn: Callable[[Tensor, Tensor], Tensor]
+    fn: Callable[..., Tensor]
     inputs: str
     paper: str
+    score: Callable[..., Tensor] | None = None
 
     @property
     def needs_grads(self) -> bool:
-        return self.inputs == "grads"
+        return self.inputs in ("grads", "grads_hvp", "grad_samples")
 
 
 _REGISTRY: dict[str, MethodInfo] = {}
-_INPUTS = ("grads", "class_weights")
+_INPUTS = (
+    "grads",
+    "class_weights",
+    "acts",
+    "grads_hvp",
+    "grad_samples",
+    "input_probe",
+    "layer_probe",
+    "model",
+)
 
 
 def register(
-    name: str, *, inputs: str, paper: str
-) -> Callable[[Callable[[Tensor, Tensor], Tensor]], Callable[[Tensor, Tensor], Tensor]]:
+    name: str, *, inputs: str, paper: str, score: Callable[..., Tensor] | None = None
+) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
     """Register ``fn`` under ``name``; returns ``fn`` unchanged so it stays a plain function."""
     if inputs not in _INPUTS:
         raise ValueError(f"inputs must be one of {_INPUTS}, got {inputs!r}")
 
-    def decorator(fn: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
+    def decorator(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
         if name in _REGISTRY:
             raise ValueError(f"method {name!r} is registered twice")
-        _REGISTRY[name] = MethodInfo(name=name, fn=fn, inputs=inputs, paper=paper)
+        _REGISTRY[name] = MethodInfo(name=name, fn=fn, inputs=inputs, paper=paper, score=score)
         return fn
 
     return decorator

@@ -3,7 +3,42 @@
 Importing this package registers every method in :mod:`camlens.registry`.
 """
 
+from camlens.cams.ablation import ablationcam, reciprocam
 from camlens.cams.cam import cam
-from camlens.cams.gradient import gradcam, gradcampp, layercam
+from camlens.cams.eigen import eigencam, eigengradcam
+from camlens.cams.finer import contrast_score, finercam
+from camlens.cams.gradient import (
+    gradcam,
+    gradcam_elementwise,
+    gradcampp,
+    hirescam,
+    layercam,
+    shapleycam,
+    smoothgradcampp,
+    xgradcam,
+)
+from camlens.cams.model_based import fullgrad, guided_gradcam
+from camlens.cams.score import iscam, scorecam, sscam
 
-__all__ = ["cam", "gradcam", "gradcampp", "layercam"]
+__all__ = [
+    "ablationcam",
+    "cam",
+    "contrast_score",
+    "eigencam",
+    "eigengradcam",
+    "finercam",
+    "fullgrad",
+    "gradcam",
+    "gradcam_elementwise",
+    "gradcampp",
+    "guided_gradcam",
+    "hirescam",
+    "iscam",
+    "layercam",
+    "reciprocam",
+    "scorecam",
+    "shapleycam",
+    "smoothgradcampp",
+    "sscam",
+    "xgradcam",
+]

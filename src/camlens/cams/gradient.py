@@ -51,13 +51,16 @@ def gradcampp(acts: Tensor, grads: Tensor) -> Tensor:
     overflows for large logits). The paper assumes A >= 0 (a post-ReLU layer); with negative
     activations the denominator can vanish or change sign, hence the guard.
     """
-    g2 = grads.pow(2)
-    g3 = g2 * grads
+    return _gradcampp_map(acts, grads, grads.pow(2), grads.pow(3))
+
+
+def _gradcampp_map(acts: Tensor, d1: Tensor, d2: Tensor, d3: Tensor) -> Tensor:
+    """sum_k w_k A^k with w_k = sum_ij a_ij ReLU(d1_ij), a = d2 / (2 d2 + sum_ab A_ab d3)."""
     sum_acts = acts.sum(dim=(2, 3), keepdim=True)
-    denom = 2 * g2 + sum_acts * g3
+    denom = 2 * d2 + sum_acts * d3
     nonzero = denom != 0
-    alpha = torch.where(nonzero, g2 / torch.where(nonzero, denom, torch.ones_like(denom)), 0.0)
-    weights = (alpha * grads.clamp(min=0)).sum(dim=(2, 3), keepdim=True)
+    alpha = torch.where(nonzero, d2 / torch.where(nonzero, denom, torch.ones_like(denom)), 0.0)
+    weights = (alpha * d1.clamp(min=0)).sum(dim=(2, 3), keepdim=True)
     return (weights * acts).sum(dim=1)
 
 
@@ -75,3 +78,93 @@ def layercam(acts: Tensor, grads: Tensor) -> Tensor:
     paper's scaling and element-wise maximum (see :func:`camlens.fusion.fuse_layers`).
     """
     return (grads.clamp(min=0) * acts).sum(dim=1)
+
+
+@register(
+    "hirescam",
+    inputs="grads",
+    paper="Draelos & Carin, Use HiResCAM instead of Grad-CAM, arXiv:2011.08891",
+)
+def hirescam(acts: Tensor, grads: Tensor) -> Tensor:
+    """HiResCAM: the gradient multiplies each activation element-wise, then channels are summed.
+
+        raw = sum_k g^k * A^k
+
+    Without ReLU on the product (unlike LayerCAM), so for a GAP + linear head
+    sum_ij raw = S^c - b^c: the map shows exactly how each position adds to the score.
+    """
+    return (grads * acts).sum(dim=1)
+
+
+@register(
+    "xgradcam",
+    inputs="grads",
+    paper="Fu et al., Axiom-based Grad-CAM (XGrad-CAM), BMVC 2020, arXiv:2008.02312",
+)
+def xgradcam(acts: Tensor, grads: Tensor) -> Tensor:
+    """XGrad-CAM: gradients weighted by the activations' share of their channel's sum.
+
+        w_k = sum_ij (A^k_ij / sum_ab A^k_ab) g^k_ij,     raw = sum_k w_k A^k
+
+    A channel whose activations sum to 0 gets w_k = 0 (it adds nothing to the map either when
+    it is all zero, the post-ReLU case). For a GAP + linear head, w_k = w^c_k / Z: Grad-CAM.
+    """
+    total = acts.sum(dim=(2, 3), keepdim=True)
+    safe = torch.where(total != 0, total, torch.ones_like(total))
+    weights = torch.where(total != 0, (acts / safe * grads).sum(dim=(2, 3), keepdim=True), 0.0)
+    return (weights * acts).sum(dim=1)
+
+
+@register(
+    "gradcam_elementwise",
+    inputs="grads",
+    paper="Element-wise Grad-CAM (the ReLU of HiResCAM's product), as in pytorch-grad-cam's "
+    "GradCAMElementWise; cf. Draelos & Carin arXiv:2011.08891",
+)
+def gradcam_elementwise(acts: Tensor, grads: Tensor) -> Tensor:
+    """Element-wise Grad-CAM: only the positive element-wise contributions count.
+
+        raw = sum_k ReLU(g^k * A^k)
+
+    With post-ReLU activations (A >= 0) this equals LayerCAM's sum_k ReLU(g^k) A^k.
+    """
+    return (grads * acts).clamp(min=0).sum(dim=1)
+
+
+@register(
+    "shapleycam",
+    inputs="grads_hvp",
+    paper="Cai et al., ShapleyCAM: second-order Shapley values for CAM, 2025, arXiv:2501.06261",
+)
+def shapleycam(acts: Tensor, grads: Tensor, hvp: Tensor) -> Tensor:
+    """ShapleyCAM: Grad-CAM with the gradient replaced by a second-order Shapley estimate.
+
+        w_k = (1/Z) sum_ij (g - 1/2 H A)^k_ij,      raw = sum_k w_k A^k
+
+    H A is the Hessian of S^c w.r.t. the activations times the activations, one Hessian-vector
+    product (double backward). Where S is piecewise linear in A (ReLU networks, logit target)
+    H A = 0 and ShapleyCAM equals Grad-CAM; it differs for smooth heads (GELU, SiLU, softmax).
+    """
+    weights = (grads - 0.5 * hvp).mean(dim=(2, 3), keepdim=True)
+    return (weights * acts).sum(dim=1)
+
+
+@register(
+    "smoothgradcampp",
+    inputs="grad_samples",
+    paper="Omeiza et al., Smooth Grad-CAM++, arXiv:1908.01224",
+)
+def smoothgradcampp(acts: Tensor, grads: Tensor) -> Tensor:
+    """Smooth Grad-CAM++: Grad-CAM++ with derivatives averaged over noisy copies of the input.
+
+        D^n = (1/S) sum_s (g_s)^n   for n = 1, 2, 3, over S noisy copies x + N(0, sigma^2)
+        a_ij = D^2_ij / (2 D^2_ij + sum_ab A_ab D^3_ij),   w_k = sum_ij a_ij ReLU(D^1_ij)
+        raw = sum_k w_k A^k
+
+    acts: (B, K, h, w) of the clean images; grads: (B, S, K, h, w) at the noisy copies.
+    As in Grad-CAM++ (eq. 19), powers of the first derivative stand for the higher ones.
+    """
+    d1 = grads.mean(dim=1)
+    d2 = grads.pow(2).mean(dim=1)
+    d3 = grads.pow(3).mean(dim=1)
+    return _gradcampp_map(acts, d1, d2, d3)
