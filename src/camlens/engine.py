@@ -211,11 +211,15 @@ class Explainer:
                 "not (smoothgradcampp has its own samples= option)"
             )
         self.smooth, self.smooth_std = int(smooth), float(smooth_std)
+        self.exact = bool(options.pop("exact", False))
+        if self.exact and self.method.name != "gradcampp":
+            raise InputError(f"exact=True is an option of gradcampp, not of {method!r}")
+        self.exact_chunk = int(options.pop("exact_chunk", 256))
         self._fn_options, self._score_options = self._split_options(options)
 
     def _split_options(self, options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         info = self.method
-        fn_names = _option_names(info.fn)
+        fn_names = _option_names(info.fn) - {"d2", "d3"}
         score_names = _option_names(info.score) if info.score is not None else set()
         if info.inputs == "grad_samples":
             fn_names |= {"samples"}
@@ -317,7 +321,9 @@ class Explainer:
         acts = [capture.acts[name] for name, _ in self._layers]
         options = {k: v for k, v in self._fn_options.items() if k != "samples"}
         raws: list[Tensor] = []
-        if info.needs_grads:
+        if info.needs_grads and self.exact:
+            grads, d2s, d3s = self._diagonal_derivatives(scores, acts)
+        elif info.needs_grads:
             grads, hvps = self._gradients(scores, acts, hessian=info.inputs == "grads_hvp")
         for i, (name, _) in enumerate(self._layers):
             act = acts[i].detach().float()
@@ -325,6 +331,8 @@ class Explainer:
                 if info.inputs == "grads" and copies:  # SmoothGrad-style average of raw maps
                     noisy_raw = info.fn(act[batch:], grads[i][batch:].float(), **options)
                     raw = noisy_raw.view(batch, copies, *noisy_raw.shape[1:]).mean(dim=1)
+                elif info.inputs == "grads" and self.exact:
+                    raw = info.fn(act, grads[i].float(), d2s[i], d3s[i], **options)
                 elif info.inputs == "grads":
                     raw = info.fn(act, grads[i].float(), **options)
                 elif info.inputs == "grads_hvp":
@@ -390,6 +398,67 @@ class Explainer:
                 else:  # piecewise-linear head: the Hessian is zero
                     hvps = [torch.zeros_like(a) for a in acts]
         return [g.detach() for g in grads], hvps
+
+    def _diagonal_derivatives(
+        self, scores: Tensor, acts: list[Tensor]
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """g = dS/dA and the exact diagonal d2 = d^2S/dA_i^2, d3 = d^3S/dA_i^3 per element.
+
+        For a chunk of element indices i, one-hot tensors E_i (the same index in every image:
+        images are independent, so one pass serves the batch) give, by batched double backward
+        (``is_grads_batched``), the Hessian columns H E_i, whose i-th entries are d2; a second
+        batched backward of E_i . (H E_i) gives d(d2_i)/dA, whose i-th entries are d3.
+        Costs 2 * (elements / exact_chunk) backward passes through the network after the layer.
+        """
+        grads_out, d2s, d3s = [], [], []
+        with torch.enable_grad():
+            grads = torch.autograd.grad(scores.sum(), acts, create_graph=True, allow_unused=True)
+            for act, g in zip(acts, grads, strict=True):
+                if g is None:
+                    raise TargetError(f"the target score does not depend on layers {self.layers}")
+                d2 = torch.zeros_like(act)
+                d3 = torch.zeros_like(act)
+                if g.requires_grad:  # else S is linear in A: d2 = d3 = 0
+                    n = act[0].numel()
+                    flat2, flat3 = d2.view(act.shape[0], n), d3.view(act.shape[0], n)
+                    for start in range(0, n, self.exact_chunk):
+                        idx = torch.arange(
+                            start, min(n, start + self.exact_chunk), device=act.device
+                        )
+                        eye = torch.zeros(len(idx), *act.shape, device=act.device, dtype=act.dtype)
+                        eye.view(len(idx), act.shape[0], n)[torch.arange(len(idx)), :, idx] = 1
+                        (hcol,) = torch.autograd.grad(
+                            g,
+                            act,
+                            grad_outputs=eye,
+                            is_grads_batched=True,
+                            retain_graph=True,
+                            create_graph=True,
+                            allow_unused=True,
+                        )
+                        if hcol is None:
+                            continue
+                        hflat = hcol.reshape(len(idx), act.shape[0], n)
+                        flat2[:, idx] = hflat[torch.arange(len(idx)), :, idx].T.detach()
+                        if hcol.requires_grad:
+                            # d2_i summed over the batch (images are independent), one per i
+                            diag = (hcol * eye).reshape(len(idx), -1).sum(dim=1)
+                            pick = torch.eye(len(idx), device=act.device, dtype=diag.dtype)
+                            (tcol,) = torch.autograd.grad(
+                                diag,
+                                act,
+                                grad_outputs=pick,
+                                is_grads_batched=True,
+                                retain_graph=True,
+                                allow_unused=True,
+                            )
+                            if tcol is not None:
+                                tflat = tcol.reshape(len(idx), act.shape[0], n)
+                                flat3[:, idx] = tflat[torch.arange(len(idx)), :, idx].T.detach()
+                grads_out.append(g.detach())
+                d2s.append(d2.float())
+                d3s.append(d3.float())
+        return grads_out, d2s, d3s
 
     # -- gradient-free methods that re-run the part of the network after the layer --
 

@@ -287,3 +287,65 @@ def test_pure_functions_shapes() -> None:
     for fn in (gradcam, hirescam, xgradcam, gradcam_elementwise, layercam):
         assert fn(a, g).shape == (2, 4, 5)
     assert torch.allclose(gradcam_elementwise(a, g), layercam(a, g))  # A >= 0
+
+
+class SmoothHead(nn.Module):
+    """A head that is not piecewise linear: flatten -> linear -> GELU -> linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Identity()
+        self.fc1 = nn.Linear(18, 4)
+        self.fc2 = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc2(torch.nn.functional.gelu(self.fc1(self.features(x).flatten(1))))
+
+
+def test_gradcampp_exact_eq10_matches_full_derivatives() -> None:
+    from camlens.cams.gradient import _gradcampp_map
+
+    torch.manual_seed(0)
+    model = SmoothHead().eval()
+    x = torch.rand(2, 2, 3, 3)
+    target = [0, 2]
+    ex = camlens.explain(
+        model, x, method="gradcampp", layer="features", target=target, exact=True, exact_chunk=5
+    )
+    expected = []
+    for b, c in enumerate(target):
+
+        def f(a, c=c):
+            return model(a.view(1, 2, 3, 3))[0, c]
+
+        a0 = x[b].flatten()
+        g = torch.autograd.functional.jacobian(f, a0)
+        d2 = torch.diagonal(torch.autograd.functional.hessian(f, a0))
+        d3 = torch.diagonal(
+            torch.autograd.functional.jacobian(
+                lambda a: torch.diagonal(
+                    torch.autograd.functional.hessian(f, a, create_graph=True)
+                ),
+                a0,
+            )
+        )
+        shape = (1, 2, 3, 3)
+        expected.append(
+            _gradcampp_map(
+                x[b : b + 1],
+                g.view(shape),
+                (g**2 + d2).view(shape),
+                (g**3 + 3 * g * d2 + d3).view(shape),
+            )[0]
+        )
+    assert torch.allclose(ex.raw["features"], torch.stack(expected), atol=1e-6)
+    closed = camlens.explain(model, x, method="gradcampp", layer="features", target=target)
+    assert not torch.allclose(closed.raw["features"], ex.raw["features"], atol=1e-4)
+
+
+def test_gradcampp_exact_equals_eq19_on_piecewise_linear_heads(setup) -> None:
+    model, x, target, _ = setup
+    exact = raw(model, x, "gradcampp", target, exact=True)
+    assert torch.allclose(exact, raw(model, x, "gradcampp", target), atol=1e-6)
+    with pytest.raises(camlens.InputError, match="exact"):
+        camlens.explain(model, x, method="gradcam", exact=True)

@@ -35,7 +35,9 @@ def gradcam(acts: Tensor, grads: Tensor) -> Tensor:
     inputs="grads",
     paper="Chattopadhyay et al., Grad-CAM++, WACV 2018, arXiv:1710.11063, eq. (19)",
 )
-def gradcampp(acts: Tensor, grads: Tensor) -> Tensor:
+def gradcampp(
+    acts: Tensor, grads: Tensor, d2: Tensor | None = None, d3: Tensor | None = None
+) -> Tensor:
     """Grad-CAM++ with the paper's closed form for Y^c = exp(S^c), eq. (19).
 
         a^kc_ij = g_ij^2 / (2 g_ij^2 + sum_ab A^k_ab g_ij^3)     (0 where the denominator is 0)
@@ -50,8 +52,17 @@ def gradcampp(acts: Tensor, grads: Tensor) -> Tensor:
     constant per image, which the per-image normalisation removes, so it is left out here (it
     overflows for large logits). The paper assumes A >= 0 (a post-ReLU layer); with negative
     activations the denominator can vanish or change sign, hence the guard.
+
+    The general form, eq. (10), for any head: ``explain(..., method="gradcampp", exact=True)``
+    makes the engine compute the true diagonal derivatives d2 = d^2 S / dA_ij^2 and
+    d3 = d^3 S / dA_ij^3 (batched Hessian-vector products, double backward), and then, with
+    Y = exp(S) and its positive factor exp(S) cancelled,
+        dY ~ g,   d2Y ~ g^2 + d2,   d3Y ~ g^3 + 3 g d2 + d3.
+    With d2 = d3 = 0 (piecewise-linear heads) this is eq. (19) again.
     """
-    return _gradcampp_map(acts, grads, grads.pow(2), grads.pow(3))
+    if d2 is None or d3 is None:
+        return _gradcampp_map(acts, grads, grads.pow(2), grads.pow(3))
+    return _gradcampp_map(acts, grads, grads.pow(2) + d2, grads.pow(3) + 3 * grads * d2 + d3)
 
 
 def _gradcampp_map(acts: Tensor, d1: Tensor, d2: Tensor, d3: Tensor) -> Tensor:
