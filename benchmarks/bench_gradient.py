@@ -42,7 +42,16 @@ def contenders(model, x, classes, device) -> dict[str, Callable[[], object]]:
             model(x)
 
     out["no-grad forward"] = forward
-    for method in ("gradcam", "gradcampp", "layercam", "cam"):
+    for method in (
+        "gradcam",
+        "gradcampp",
+        "layercam",
+        "hirescam",
+        "xgradcam",
+        "gradcam_elementwise",
+        "finercam",
+        "cam",
+    ):
         explainer = camlens.Explainer(model, method, "layer4")
         out[f"camlens {method}"] = lambda e=explainer: e(x, classes)
     if importlib.util.find_spec("pytorch_grad_cam"):
