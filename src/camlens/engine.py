@@ -32,7 +32,7 @@ from camlens.maps import minmax, to_heatmap
 from camlens.probe import Probe
 from camlens.registry import MethodInfo, get_method
 from camlens.suffix import layer_runner
-from camlens.targets import TargetSpec, class_ids, logits_of, select_scores
+from camlens.targets import TargetSpec, select_scores
 
 
 @contextmanager
@@ -126,7 +126,7 @@ def _check_images(model: nn.Module, images: Any) -> Tensor:
     if not isinstance(images, Tensor):
         raise InputError(
             f"images must be a torch.Tensor of shape (B, C, H, W), got {type(images).__name__}; "
-            "load and preprocess them first (camlens.io.load_images)"
+            "load and preprocess them first (camlens.io.load_image, camlens.io.preprocess)"
         )
     if images.ndim != 4:
         hint = " (add a batch dimension: images.unsqueeze(0))" if images.ndim == 3 else ""
@@ -200,7 +200,6 @@ class Explainer:
             raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
         self.method: MethodInfo = get_method(method)
-        self._layer_spec = layer
         self._layers: list[tuple[str, nn.Module]] | None = (
             None if layer is None else resolve_layers(model, layer)
         )
@@ -244,17 +243,12 @@ class Explainer:
         """Explain a batch. ``target``: None (top class), an int, B ints, or a callable."""
         model, info = self.model, self.method
         images = _check_images(model, images)
-        if (
-            info.inputs != "class_weights"
-            and info.inputs != "acts"
-            and (info.needs_grads or info.inputs == "model")
-        ):
-            if torch.is_inference_mode_enabled():
-                raise GradientUnavailableError(
-                    f"{info.name!r} needs gradients, which torch.inference_mode() forbids; call "
-                    "it outside inference_mode (torch.no_grad() is fine), or use a gradient-free "
-                    "method (cam, scorecam, ablationcam, eigencam, reciprocam)"
-                )
+        if (info.needs_grads or info.inputs == "model") and torch.is_inference_mode_enabled():
+            raise GradientUnavailableError(
+                f"{info.name!r} needs gradients, which torch.inference_mode() forbids; call "
+                "it outside inference_mode (torch.no_grad() is fine), or use a gradient-free "
+                "method (cam, scorecam, ablationcam, eigencam, reciprocam)"
+            )
         with preserved_model(model):
             if self._layers is None:
                 self._layers = resolve_layers(model, find_last_spatial_layer(model, images))
@@ -290,18 +284,15 @@ class Explainer:
         return output, capture
 
     def _select(self, target: TargetSpec, output: Any, clean: int, copies: int) -> tuple:
-        """Scores and class ids for a batch of ``clean`` images followed by ``clean * copies``
-        noisy copies (image-major); class targets are resolved on the clean images."""
-        total = clean * (1 + copies)
-        if callable(target) and not isinstance(target, Tensor):
-            return select_scores(target, output, total)
-        logits = logits_of(output, total)
-        ids = class_ids(target, logits[:clean])
-        if copies:
-            ids = torch.cat([ids, ids.repeat_interleave(copies)])
-        if self.method.score is not None:
-            return self.method.score(logits, ids, **self._score_options), ids
-        return logits.gather(1, ids[:, None])[:, 0], ids
+        """Scores and class ids (see :func:`camlens.targets.select_scores`), with the method's
+        own score (Finer-CAM) when it has one."""
+        info = self.method
+        score = (
+            None
+            if info.score is None
+            else lambda logits, ids: info.score(logits, ids, **self._score_options)
+        )
+        return select_scores(target, output, clean, copies, score)
 
     def _run(self, images: Tensor, target: TargetSpec) -> Explanation:
         info = self.method
@@ -369,22 +360,32 @@ class Explainer:
         weight = find_gap_linear_head(act, output, capture.linears, name)
         return weight.detach()[ids].float()
 
-    def _gradients(
-        self, scores: Tensor, acts: list[Tensor], hessian: bool = False
-    ) -> tuple[list[Tensor], list[Tensor]]:
+    def _score_gradients(
+        self, scores: Tensor, acts: list[Tensor], create_graph: bool
+    ) -> tuple[Tensor, ...]:
+        """dS/dA for every layer, with a clear error when S does not depend on one of them.
+        Call under ``torch.enable_grad()`` (the caller may be under ``torch.no_grad()``)."""
         if not scores.requires_grad:
             raise TargetError(
                 "the target score does not depend on the explained layer(s) "
                 f"{self.layers}; pick a layer before the output that the score is computed from"
             )
-        with torch.enable_grad():  # the caller may be under torch.no_grad()
-            grads = torch.autograd.grad(scores.sum(), acts, allow_unused=True, create_graph=hessian)
-            missing = [name for (name, _), g in zip(self._layers, grads, strict=True) if g is None]
-            if missing:
-                raise TargetError(
-                    f"the target score does not depend on layer(s) {missing}; pick layers on "
-                    "the path from the input to the explained output"
-                )
+        grads = torch.autograd.grad(
+            scores.sum(), acts, allow_unused=True, create_graph=create_graph
+        )
+        missing = [name for (name, _), g in zip(self._layers, grads, strict=True) if g is None]
+        if missing:
+            raise TargetError(
+                f"the target score does not depend on layer(s) {missing}; pick layers on "
+                "the path from the input to the explained output"
+            )
+        return grads
+
+    def _gradients(
+        self, scores: Tensor, acts: list[Tensor], hessian: bool = False
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        with torch.enable_grad():
+            grads = self._score_gradients(scores, acts, create_graph=hessian)
             hvps: list[Tensor] = []
             if hessian:  # H A = d/dA (g . A) with A held constant in the product
                 dot = sum((g * a.detach()).sum() for g, a in zip(grads, acts, strict=True))
@@ -412,10 +413,8 @@ class Explainer:
         """
         grads_out, d2s, d3s = [], [], []
         with torch.enable_grad():
-            grads = torch.autograd.grad(scores.sum(), acts, create_graph=True, allow_unused=True)
+            grads = self._score_gradients(scores, acts, create_graph=True)
             for act, g in zip(acts, grads, strict=True):
-                if g is None:
-                    raise TargetError(f"the target score does not depend on layers {self.layers}")
                 d2 = torch.zeros_like(act)
                 d3 = torch.zeros_like(act)
                 if g.requires_grad:  # else S is linear in A: d2 = d3 = 0

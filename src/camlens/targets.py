@@ -75,16 +75,33 @@ def class_ids(target: TargetSpec, logits: Tensor) -> Tensor:
     return ids
 
 
-def select_scores(target: TargetSpec, output: Any, batch: int) -> tuple[Tensor, Tensor]:
-    """The scores to explain (B,) and their class ids (B,) for a target and the model output."""
+def select_scores(
+    target: TargetSpec,
+    output: Any,
+    batch: int,
+    copies: int = 0,
+    score: Callable[[Tensor, Tensor], Tensor] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The scores to explain and their class ids, both (N,), for a target and the model output.
+
+    The output holds ``batch`` images followed, when ``copies`` > 0, by ``batch * copies``
+    noisy copies in image-major order: class targets are resolved on the first ``batch`` rows
+    (None means each clean image's top class) and repeated for its copies. ``score``, when
+    given, maps (logits, class ids) to the scores instead of the logits themselves (Finer-CAM).
+    """
+    total = batch * (1 + copies)
     if callable(target) and not isinstance(target, Tensor):
         scores = target(output)
-        if not isinstance(scores, Tensor) or scores.shape != (batch,):
+        if not isinstance(scores, Tensor) or scores.shape != (total,):
             raise TargetError(
-                f"a callable target must return a (B,) = ({batch},) tensor of scores, "
+                f"a callable target must return a (B,) = ({total},) tensor of scores, "
                 f"got {_describe(scores)}"
             )
-        return scores, torch.full((batch,), -1, dtype=torch.long, device=scores.device)
-    logits = logits_of(output, batch)
-    ids = class_ids(target, logits)
+        return scores, torch.full((total,), -1, dtype=torch.long, device=scores.device)
+    logits = logits_of(output, total)
+    ids = class_ids(target, logits[:batch])
+    if copies:
+        ids = torch.cat([ids, ids.repeat_interleave(copies)])
+    if score is not None:
+        return score(logits, ids), ids
     return logits.gather(1, ids[:, None])[:, 0], ids
