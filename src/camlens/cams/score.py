@@ -43,13 +43,17 @@ def _dev(probe: Probe) -> torch.device:
     return probe.images.device
 
 
-def _channel_scores(probe: Probe, repeats: int, make) -> Tensor:
-    """Scores (B, K, repeats) of ``make(b, k, r, size)`` masked images, informative channels only;
-    constant channels get the black image's score."""
+def _channel_scores(probe: Probe, repeats: int, make, every_channel: bool = False) -> Tensor:
+    """Scores (B, K, repeats) of ``make(b, k, r, size)`` masked images, image-major.
+
+    Only informative channels are scored and constant ones get the black image's score, unless
+    ``every_channel`` (when ``make`` adds noise that makes a constant channel informative).
+    """
     acts, images = probe.acts, probe.images
     bsz, k_ch = acts.shape[:2]
     size = (images.shape[-2], images.shape[-1])
-    pairs = _informative(acts).nonzero()  # (N, 2)
+    keep = torch.ones(bsz, k_ch, dtype=torch.bool, device=acts.device)
+    pairs = (keep if every_channel else _informative(acts)).nonzero()  # (N, 2), row-major
     n = pairs.shape[0] * repeats
     out = torch.empty(bsz, k_ch, repeats, device=_dev(probe))
     if pairs.shape[0] < bsz * k_ch:
@@ -124,20 +128,8 @@ def sscam(
         mask = minmax(up + noise(tuple(up.shape)))[:, None]
         return probe.images[b] * mask
 
-    if noise_on == "activation":  # noise makes every channel informative: score them all
-        bsz, k_ch = acts.shape[:2]
-        size = (probe.images.shape[-2], probe.images.shape[-1])
-        n = bsz * k_ch * samples
-
-        def build(start: int, stop: int) -> tuple[Tensor, Tensor]:
-            idx = torch.arange(start, stop, device=_dev(probe))
-            pair = idx // samples
-            b, k = pair // k_ch, pair % k_ch
-            return make(b, k, idx % samples, size), b
-
-        scores = probe.scores(n, build).view(bsz, k_ch, samples)
-    else:
-        scores = _channel_scores(probe, samples, make)
+    # Noise on the activation makes every channel informative: score them all.
+    scores = _channel_scores(probe, samples, make, every_channel=noise_on == "activation")
     weights = scores.mean(dim=2).softmax(dim=1)
     return torch.einsum("bk,bkhw->bhw", weights, acts)
 
