@@ -42,7 +42,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from camlens.demo.train import train
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     result = train(args.out, seed=args.seed, steps=args.steps)
     print(
         f"wrote {args.out}: accuracy {result['test_accuracy']:.1%} on shapes(1000, seed=12345), "
