@@ -25,9 +25,10 @@ class Probe:
 
     Attributes:
         images: (B, C, H, W) the images being explained.
-        acts: (B, K, h, w) the layer's activations.
+        acts: (B, K, h, w) the layer's activations (None for an input-level probe, as the
+            metrics use).
         targets: (B,) class ids being explained.
-        base: (B,) the explained scores of the unperturbed images.
+        base: (B,) the explained scores of the unperturbed images (None when not needed).
         generator: a seeded torch.Generator for methods that draw noise.
     """
 
@@ -35,9 +36,9 @@ class Probe:
         self,
         run: Callable[[Tensor, Tensor], Any],
         images: Tensor,
-        acts: Tensor,
+        acts: Tensor | None,
         targets: Tensor,
-        base: Tensor,
+        base: Tensor | None,
         batch_size: int = 64,
         progress: bool = False,
         seed: int = 0,

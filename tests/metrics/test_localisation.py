@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from camlens.errors import InputError
-from camlens.metrics import energy_pointing_game, iou, pointing_game
+from camlens.metrics import (
+    box_localisation,
+    component_boxes,
+    connected_components,
+    energy_pointing_game,
+    iou,
+    largest_component_box,
+    pointing_game,
+)
 
 
 def _mask() -> torch.Tensor:
@@ -55,3 +64,69 @@ def test_empty_maps_score_zero_not_nan() -> None:
 def test_shape_mismatch_is_a_clear_error() -> None:
     with pytest.raises(InputError, match="same shape"):
         pointing_game(torch.zeros(1, 4, 4), torch.zeros(1, 5, 5, dtype=torch.bool))
+
+
+# -- bounding boxes ------------------------------------------------------------------------
+
+
+def test_connected_components_match_scipy_8_connectivity() -> None:
+    ndimage = pytest.importorskip("scipy.ndimage")
+    gen = torch.Generator().manual_seed(0)
+    masks = torch.rand(6, 23, 31, generator=gen) > 0.55
+    labels = connected_components(masks)
+    for i in range(len(masks)):
+        ref, n = ndimage.label(masks[i].numpy(), structure=np.ones((3, 3)))
+        ours = labels[i].numpy()
+        assert (ours > 0).sum() == (ref > 0).sum()
+        # the same partition: a one-to-one map between our labels and scipy's
+        pairs = {(a, b) for a, b in zip(ours[ours > 0], ref[ref > 0], strict=True)}
+        assert len(pairs) == n == len({a for a, _ in pairs}) == len({b for _, b in pairs})
+
+
+def test_largest_component_box_is_the_box_of_the_biggest_blob() -> None:
+    maps = torch.zeros(2, 20, 30)
+    maps[0, 2:5, 3:6] = 1.0  # 9 px, the brightest
+    maps[0, 10:18, 12:25] = 0.5  # 104 px, above 20% of the max: the largest
+    maps[1, 4:9, 7:8] = 0.3  # a single bar
+    boxes = largest_component_box(maps, threshold=0.2)
+    assert boxes.tolist() == [[12.0, 10.0, 25.0, 18.0], [7.0, 4.0, 8.0, 9.0]]
+    # at 60% of the max only the bright square is left
+    assert largest_component_box(maps[:1], threshold=0.6).tolist() == [[3.0, 2.0, 6.0, 5.0]]
+
+
+def test_an_empty_map_gives_the_empty_box_and_a_miss() -> None:
+    maps = torch.zeros(1, 8, 8)
+    assert largest_component_box(maps).tolist() == [[0.0, 0.0, 0.0, 0.0]]
+    assert box_localisation(maps, torch.tensor([[0.0, 0.0, 4.0, 4.0]])).tolist() == [0.0]
+
+
+def test_box_localisation_by_construction() -> None:
+    maps = torch.zeros(3, 40, 40)
+    maps[0, 10:20, 10:20] = 1.0  # exactly the box: IoU 1
+    maps[1, 10:20, 10:30] = 1.0  # box twice as wide: IoU 0.5, still a hit
+    maps[2, 10:20, 10:31] = 1.0  # a little wider: IoU 100/210 < 0.5, a miss
+    gt = torch.tensor([[10.0, 10.0, 20.0, 20.0]]).repeat(3, 1)
+    assert box_localisation(maps, gt).tolist() == [1.0, 1.0, 0.0]
+    # any of several ground-truth boxes may be hit
+    many = [torch.tensor([[0.0, 0.0, 5.0, 5.0], [10.0, 10.0, 20.0, 20.0]])] * 3
+    assert box_localisation(maps, many).tolist() == [1.0, 1.0, 0.0]
+
+
+def test_component_boxes_give_one_box_per_object() -> None:
+    masks = torch.zeros(2, 30, 30, dtype=torch.bool)
+    masks[0, 2:6, 3:9] = True
+    masks[0, 20:25, 20:22] = True
+    boxes = component_boxes(masks)
+    assert sorted(boxes[0].tolist()) == [[3.0, 2.0, 9.0, 6.0], [20.0, 20.0, 22.0, 25.0]]
+    assert boxes[1].shape == (0, 4)
+    # the masks themselves, as maps, localise every object of a one-object mask
+    one = masks[:1].clone()
+    one[0, 20:25] = False
+    assert box_localisation(one.float(), component_boxes(one)).tolist() == [1.0]
+
+
+def test_box_localisation_rejects_wrong_box_shapes() -> None:
+    with pytest.raises(InputError, match=r"\(B, 4\)"):
+        box_localisation(torch.zeros(2, 8, 8), torch.zeros(3, 4))
+    with pytest.raises(InputError, match="one per map"):
+        box_localisation(torch.zeros(2, 8, 8), [torch.zeros(1, 4)])

@@ -1,5 +1,69 @@
-"""Measuring explanations. Localisation against ground-truth masks for now."""
+"""Measuring explanations: localisation, faithfulness and sanity.
 
-from camlens.metrics.localisation import energy_pointing_game, iou, pointing_game
+- Localisation against masks or boxes: :func:`pointing_game`, :func:`energy_pointing_game`,
+  :func:`iou`, :func:`box_localisation`.
+- Faithfulness (the model re-run on changed images, batched, no-grad): :func:`average_drop`,
+  :func:`increase_in_confidence`, :func:`win_rate`, :func:`deletion`, :func:`insertion`,
+  :func:`road`.
+- Sanity (Adebayo et al. 2018, on a copy of the model): :func:`sanity_randomization`,
+  :func:`sanity_random_logit`, with :func:`spearman` and :func:`ssim`.
+"""
 
-__all__ = ["energy_pointing_game", "iou", "pointing_game"]
+from camlens.metrics.faithfulness import (
+    Confidence,
+    Curve,
+    average_drop,
+    deletion,
+    gaussian_blur,
+    increase_in_confidence,
+    insertion,
+    masked_confidence,
+    win_rate,
+)
+from camlens.metrics.localisation import (
+    box_localisation,
+    component_boxes,
+    connected_components,
+    energy_pointing_game,
+    iou,
+    largest_component_box,
+    pointing_game,
+)
+from camlens.metrics.perturbation import black
+from camlens.metrics.remove_debias import Road, noisy_linear_impute, road
+from camlens.metrics.sanity import (
+    Sanity,
+    randomization_units,
+    sanity_random_logit,
+    sanity_randomization,
+)
+from camlens.metrics.similarity import spearman, ssim
+
+__all__ = [
+    "Confidence",
+    "Curve",
+    "Road",
+    "Sanity",
+    "average_drop",
+    "black",
+    "box_localisation",
+    "component_boxes",
+    "connected_components",
+    "deletion",
+    "energy_pointing_game",
+    "gaussian_blur",
+    "increase_in_confidence",
+    "insertion",
+    "iou",
+    "largest_component_box",
+    "masked_confidence",
+    "noisy_linear_impute",
+    "pointing_game",
+    "randomization_units",
+    "road",
+    "sanity_random_logit",
+    "sanity_randomization",
+    "spearman",
+    "ssim",
+    "win_rate",
+]

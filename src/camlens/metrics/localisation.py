@@ -68,3 +68,123 @@ def iou(maps: Tensor, masks: Tensor, threshold: float = 0.5) -> Tensor:
     inter = (pred & true).sum(dim=1).float()
     union = (pred | true).sum(dim=1).float()
     return torch.where(union > 0, inter / union.clamp(min=1), 0.0)
+
+
+def connected_components(masks: Tensor) -> Tensor:
+    """Label the 8-connected components of (B, H, W) bool masks: (B, H, W) long, 0 = background.
+
+    Each component's label is 1 + the largest raster index of its pixels (labels are unique
+    within an image, not consecutive). Batched label propagation: every foreground pixel takes
+    the maximum label of its 3 x 3 neighbourhood until nothing changes (as many rounds as the
+    longest path inside a component).
+    """
+    if masks.ndim != 3:
+        raise InputError(f"masks must be (B, H, W), got {tuple(masks.shape)}")
+    h, w = masks.shape[1:]
+    fg = masks.bool()
+    index = torch.arange(1, h * w + 1, device=masks.device, dtype=torch.float64).view(1, h, w)
+    labels = torch.where(fg, index, 0.0)
+    while True:
+        grown = F.max_pool2d(labels[:, None], 3, stride=1, padding=1)[:, 0]
+        grown = torch.where(fg, grown, 0.0)
+        if torch.equal(grown, labels):
+            return labels.long()
+        labels = grown
+
+
+def _boxes_of(labels: Tensor, which: Tensor) -> Tensor:
+    """Boxes (x0, y0, x1, y1), end-exclusive, of the pixels where labels == which (N,)."""
+    h, w = labels.shape[1:]
+    sel = labels == which.view(-1, 1, 1)
+    rows, cols = sel.any(dim=2), sel.any(dim=1)
+    ys = torch.arange(h, device=labels.device)
+    xs = torch.arange(w, device=labels.device)
+    big = max(h, w) + 1
+    y0 = torch.where(rows, ys, big).amin(dim=1)
+    y1 = torch.where(rows, ys, -1).amax(dim=1) + 1
+    x0 = torch.where(cols, xs, big).amin(dim=1)
+    x1 = torch.where(cols, xs, -1).amax(dim=1) + 1
+    boxes = torch.stack([x0, y0, x1, y1], dim=1).float()
+    return torch.where(sel.flatten(1).any(dim=1, keepdim=True), boxes, 0.0)
+
+
+def largest_component_box(maps: Tensor, threshold: float = 0.2) -> Tensor:
+    """The box around the largest 8-connected region of {M >= threshold * max M}, (B, 4).
+
+    The weakly supervised localisation of CAM (Zhou et al., CVPR 2016, Sec. 3: 20% of the
+    max; Grad-CAM used 15%). Boxes are (x0, y0, x1, y1) in pixels, end-exclusive; a map with
+    no positive value gives the empty box (0, 0, 0, 0). Ties in size go to the component that
+    ends last in raster order.
+    """
+    if maps.ndim != 3:
+        raise InputError(f"maps must be (B, H, W), got {tuple(maps.shape)}")
+    peak = maps.flatten(1).amax(dim=1).view(-1, 1, 1)
+    labels = connected_components((maps >= threshold * peak) & (peak > 0))
+    b, h, w = labels.shape
+    sizes = torch.zeros(b, h * w + 1, device=maps.device, dtype=torch.long)
+    sizes.scatter_add_(1, labels.flatten(1), torch.ones_like(labels.flatten(1)))
+    sizes[:, 0] = 0
+    best = sizes.flip(1).argmax(dim=1)
+    best = h * w - best  # the largest label among the largest components
+    best = torch.where(sizes.amax(dim=1) > 0, best, -1)
+    return _boxes_of(labels, best)
+
+
+def component_boxes(masks: Tensor) -> list[Tensor]:
+    """The box of every 8-connected component of each mask: a list of B (n_i, 4) tensors.
+
+    Ground-truth boxes for :func:`box_localisation` when only masks are given (one box per
+    separate object).
+    """
+    labels = connected_components(masks)
+    out = []
+    for i in range(labels.shape[0]):
+        ids = labels[i].unique()
+        ids = ids[ids > 0]
+        out.append(_boxes_of(labels[i].expand(len(ids), -1, -1), ids))
+    return out
+
+
+def _box_iou(a: Tensor, b: Tensor) -> Tensor:
+    """IoU of boxes a (N, 4) and b (M, 4), end-exclusive pixel boxes: (N, M)."""
+    wh = (
+        torch.minimum(a[:, None, 2:], b[None, :, 2:])
+        - torch.maximum(a[:, None, :2], b[None, :, :2])
+    ).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    area_a = ((a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]))[:, None]
+    area_b = ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))[None, :]
+    union = area_a + area_b - inter
+    return torch.where(union > 0, inter / union.clamp(min=1e-12), 0.0)
+
+
+def box_localisation(
+    maps: Tensor,
+    boxes: Tensor | list[Tensor],
+    threshold: float = 0.2,
+    min_iou: float = 0.5,
+) -> Tensor:
+    """Bounding-box localisation (CAM, Zhou et al., CVPR 2016; ILSVRC's criterion).
+
+    A hit (1.0) when the box of the map's largest component (:func:`largest_component_box`
+    at ``threshold`` of the max) overlaps a ground-truth box with IoU >= ``min_iou`` (0.5).
+    ``boxes``: (B, 4) one box per image, or a list of B (n_i, 4) tensors (any one may be
+    hit), (x0, y0, x1, y1) end-exclusive pixels; :func:`component_boxes` makes them from masks.
+    Returns (B,).
+    """
+    pred = largest_component_box(maps, threshold)
+    if isinstance(boxes, Tensor):
+        if boxes.ndim != 2 or boxes.shape != (maps.shape[0], 4):
+            raise InputError(
+                f"boxes must be (B, 4) = ({maps.shape[0]}, 4) or a list of (n, 4) tensors, "
+                f"got {tuple(boxes.shape)}"
+            )
+        boxes = list(boxes[:, None])
+    if len(boxes) != maps.shape[0]:
+        raise InputError(f"got {len(boxes)} box sets for {maps.shape[0]} maps; pass one per map")
+    hits = []
+    for i, gt in enumerate(boxes):
+        gt = gt.to(pred.device).float().reshape(-1, 4)
+        best = _box_iou(pred[i : i + 1], gt).amax() if len(gt) else pred.new_zeros(())
+        hits.append((best >= min_iou).float())
+    return torch.stack(hits)
