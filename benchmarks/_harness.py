@@ -127,6 +127,20 @@ def run_round_robin(
     return results
 
 
+def timed(fn: Callable[[], object], runs: int, device: str) -> float:
+    """Median wall time of ``runs`` calls of ``fn`` (synchronising a GPU around each)."""
+    times = []
+    for _ in range(runs):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def machine(device: str) -> str:
     cpu = platform.processor() or platform.machine()
     try:

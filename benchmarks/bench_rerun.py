@@ -13,10 +13,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib.util
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -24,21 +21,8 @@ import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import camlens
-from _harness import machine, write_section
+from _harness import machine, timed, write_section
 from camlens.cams.score import _informative
-
-
-def timed(fn: Callable[[], object], runs: int, device: str) -> float:
-    times = []
-    for _ in range(runs):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import urllib.error
+from pathlib import Path
 
 import pytest
 import torchvision
@@ -117,6 +118,11 @@ def test_default_weights_offline_is_a_clear_error(monkeypatch, shape_files, caps
         (["explain", "x.png", "--model", "resnet5"], "unknown model 'resnet5'. Did you mean"),
         (["explain", "x.png", "--model", "demo", "--method", "gradcan"], "unknown method"),
         (["explain", "x.png", "--model", "demo", "--weights", "/no/such.pth"], "no such weights"),
+        (["evaluate", "--data", "shapes:x"], "expected shapes:N"),
+        (["evaluate", "--data", "/no/such/folder"], "no such folder"),
+        (["evaluate", "--methods", "gradcan"], "unknown method"),
+        (["evaluate", "--road", "20,abc"], "comma-separated percentages"),
+        (["evaluate", "--model", "resnet18", "--data", "shapes:4"], "pass --data FOLDER"),
     ],
 )
 def test_bad_arguments_are_one_line(argv, match, capsys) -> None:
@@ -134,7 +140,9 @@ def test_usage_errors_exit_2_with_one_line(capsys) -> None:
         assert len(err) == 1 and "error:" in err[0] and "--help" in err[0]
 
 
-@pytest.mark.parametrize("argv", [[], ["demo"], ["demo", "train"], ["explain"], ["methods"]])
+@pytest.mark.parametrize(
+    "argv", [[], ["demo"], ["demo", "train"], ["explain"], ["evaluate"], ["methods"]]
+)
 def test_help_on_every_command(argv, capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         main([*argv, "--help"])
@@ -149,3 +157,33 @@ def test_console_script_methods() -> None:
     )
     assert result.returncode == 0
     assert "gradcampp" in result.stdout and "arXiv:1710.11063" in result.stdout
+
+
+def test_evaluate_writes_table_json_and_plots(tmp_path, capsys) -> None:
+    argv = ["evaluate", "--methods", "gradcam", "eigencam", "--data", "shapes:6", "--steps", "4"]
+    argv += ["--road", "50", "--sanity-images", "3", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| `gradcam` |" in out and "| `eigencam` |" in out and "deletion" in out
+    for name in ("table.md", "table.csv", "results.json", "curves.png", "bar_deletion_auc.png"):
+        assert (tmp_path / name).is_file(), name
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["images"] == 6 and set(results["methods"]) == {"gradcam", "eigencam"}
+    assert results["methods"]["eigencam"]["random_logit_passed"] is False
+    assert (tmp_path / "table.csv").read_text().startswith("method,ms_per_image,pointing_game")
+
+
+def test_evaluate_a_folder_with_some_masks(tmp_path, shape_files, capsys) -> None:
+    paths, _, _ = shape_files
+    folder = tmp_path / "data"
+    (folder / "masks").mkdir(parents=True)
+    for p in paths:
+        Image.open(p).save(folder / Path(p).name)
+    _, _, masks = shapes(2, seed=31)
+    Image.fromarray(masks[0].numpy().astype("uint8") * 255).save(folder / "masks" / "shape0.png")
+    argv = ["evaluate", "--data", str(folder), "--methods", "layercam", "--steps", "3"]
+    argv += ["--road", "30", "--sanity-images", "2", "--out", str(tmp_path / "out")]
+    assert main(argv) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert "2 images, 1 with masks" in results["data"]
+    assert results["methods"]["layercam"]["pointing_game"] in (0.0, 1.0)  # one mask: 0 or 1

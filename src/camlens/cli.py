@@ -1,4 +1,4 @@
-"""The ``camlens`` command: ``demo``, ``demo train``, ``explain``, ``methods``."""
+"""The ``camlens`` command: ``demo``, ``demo train``, ``explain``, ``evaluate``, ``methods``."""
 
 from __future__ import annotations
 
@@ -155,6 +155,86 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _parse_data(spec: str) -> tuple[str, int | Path]:
+    if spec.startswith("shapes:"):
+        try:
+            n = int(spec.split(":", 1)[1])
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ValueError(f"--data {spec!r}: expected shapes:N with N >= 1 (e.g. shapes:500)")
+        return "shapes", n
+    return "folder", Path(spec)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import camlens
+    from camlens.errors import CamlensError
+    from camlens.evaluate import evaluate, folder_data, markdown_table, shapes_data, write_outputs
+    from camlens.metrics import black
+    from camlens.models import build_model
+    from camlens.viz import PRESETS
+
+    try:
+        kind, where = _parse_data(args.data)
+        names = camlens.methods() if args.methods == ["all"] else args.methods
+        for method in names:
+            camlens.method_info(method)
+        try:
+            percentages = [float(p) for p in args.road.split(",") if p.strip()]
+        except ValueError:
+            percentages = []
+        if not percentages or not all(0 <= p <= 100 for p in percentages):
+            raise ValueError(
+                f"--road {args.road!r}: expected comma-separated percentages in [0, 100], "
+                "e.g. 20,50,80"
+            )
+        if args.steps < 1 or args.batch_size < 1 or args.sanity_images < 1:
+            raise ValueError("--steps, --batch-size and --sanity-images must be at least 1")
+        spec = build_model(args.model, args.weights)
+        if kind == "shapes":
+            if spec.size != 96 or spec.preset != "none":
+                raise ValueError(
+                    "shapes:N is the demo model's data (96 x 96, no normalisation); pass "
+                    "--data FOLDER for other models"
+                )
+            data = shapes_data(int(where), instances=args.instances)
+        else:
+            data = folder_data(Path(where), spec.size, spec.resize, spec.preset)
+    except (CamlensError, ValueError) as exc:
+        _fail(str(exc))
+        return 2
+    stats = PRESETS.get(spec.preset)
+    baseline = 0.0 if stats is None else black(*stats)
+    layer = args.layer if args.layer else ("features" if args.model == "demo" else None)
+    torch.manual_seed(args.seed)
+    model = spec.model.to(torch.device(args.device))
+    out = Path(args.out)
+    print(f"evaluating {len(names)} methods of {args.model} on {data.description}")
+    results = evaluate(
+        model,
+        data,
+        names,
+        layer,
+        steps=args.steps,
+        road_percentages=percentages,
+        baseline=baseline,
+        batch_size=args.batch_size,
+        sanity_images=args.sanity_images,
+        seed=args.seed,
+        out=out,
+        progress=True,
+    )
+    files = write_outputs(results, out)
+    if results.get("accuracy") is not None:
+        print(f"model accuracy on these images: {results['accuracy']:.1%}")
+    print(markdown_table(results), end="")
+    for method, error in results["errors"].items():
+        _fail(f"{method}: {error}")
+    print(f"wrote {len(files)} files to {out} (table.md, table.csv, results.json, plots)")
+    return 1 if results["errors"] and not results["methods"] else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="camlens",
@@ -217,6 +297,41 @@ def build_parser() -> argparse.ArgumentParser:
         help="images per forward pass for methods that re-run the model (scorecam, ...)",
     )
     explain.set_defaults(func=_cmd_explain)
+
+    ev = sub.add_parser(
+        "evaluate",
+        help="measure methods: localisation, faithfulness, sanity, time",
+        description="Run every method on a data set and measure it: pointing game, energy, "
+        "IoU and box localisation (where masks exist), Average Drop / Increase in Confidence / "
+        "Win, Deletion / Insertion AUC, ROAD, the MPRT and random-logit sanity checks, and ms "
+        "per image. Writes table.md, table.csv, results.json and plots into --out; results.json "
+        "is updated after every method.",
+    )
+    ev.add_argument("--model", default="demo", help="'demo' (default) or a torchvision name")
+    ev.add_argument("--weights", default=None, help="as for 'camlens explain'")
+    ev.add_argument(
+        "--methods", nargs="+", default=["all"], help="method names, or 'all' (default)"
+    )
+    ev.add_argument(
+        "--data",
+        default="shapes:500",
+        help="shapes:N (the built-in benchmark, with masks) or a folder of images, with "
+        "FOLDER/masks/<stem>.png as ground truth where present (default: shapes:500)",
+    )
+    ev.add_argument("--instances", type=int, default=1, help="objects per shapes image (1 or 2)")
+    ev.add_argument("--layer", default=None, help="dotted layer name (default: automatic)")
+    ev.add_argument("--out", default="out/evaluate", help="output folder")
+    ev.add_argument("--steps", type=int, default=20, help="deletion/insertion steps (default 20)")
+    ev.add_argument(
+        "--road", default="20,50,80", help="ROAD percentages, comma-separated (default 20,50,80)"
+    )
+    ev.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    ev.add_argument(
+        "--sanity-images", type=int, default=32, help="images for the sanity checks (default 32)"
+    )
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    ev.set_defaults(func=_cmd_evaluate)
 
     methods = sub.add_parser(
         "methods",

@@ -54,7 +54,7 @@ def _initial_guess(img: Tensor, known: Tensor) -> Tensor:
     count = F.avg_pool2d(known, 2, ceil_mode=True)
     coarse_known = (count > 0).to(img.dtype)
     coarse = F.avg_pool2d(known * img, 2, ceil_mode=True) / count.clamp(min=1e-12)
-    solved = _solve(coarse * coarse_known, coarse_known, 1e-3, None)
+    solved = _solve(coarse * coarse_known, coarse_known, 1e-4, None)
     return F.interpolate(solved, size=(h, w), mode="bilinear", align_corners=False)
 
 
@@ -64,8 +64,8 @@ def _solve(img: Tensor, known: Tensor, tol: float, max_iter: int | None) -> Tens
     unknown = 1.0 - known
     degree = _neighbour_sum(torch.ones(1, 1, h, w, dtype=img.dtype, device=img.device))
 
-    def apply(v: Tensor) -> Tensor:  # the system matrix on the removed pixels
-        return unknown * (degree * v - _neighbour_sum(unknown * v))
+    def apply(v: Tensor) -> Tensor:  # the system matrix; v is 0 on the kept pixels
+        return unknown * (degree * v - _neighbour_sum(v))
 
     rhs = unknown * _neighbour_sum(known * img)
     v = unknown * _initial_guess(img, known)
@@ -96,7 +96,7 @@ def noisy_linear_impute(
     keep: Tensor,
     noise: float = 0.01,
     generator: torch.Generator | None = None,
-    tol: float = 1e-5,
+    tol: float = 1e-4,
     max_iter: int | None = None,
 ) -> Tensor:
     """Fill the pixels where ``keep`` is False by ROAD's noisy linear imputation.
