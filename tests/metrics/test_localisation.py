@@ -9,6 +9,7 @@ import torch
 from camlens.errors import InputError
 from camlens.metrics import (
     box_localisation,
+    boxes_to_masks,
     component_boxes,
     connected_components,
     energy_pointing_game,
@@ -130,3 +131,18 @@ def test_box_localisation_rejects_wrong_box_shapes() -> None:
         box_localisation(torch.zeros(2, 8, 8), torch.zeros(3, 4))
     with pytest.raises(InputError, match="one per map"):
         box_localisation(torch.zeros(2, 8, 8), [torch.zeros(1, 4)])
+
+
+def test_boxes_to_masks_round_trips_with_component_boxes() -> None:
+    boxes = [torch.tensor([[2.0, 1.0, 5.0, 4.0], [7.0, 6.0, 9.0, 10.0]]), torch.zeros(0, 4)]
+    masks = boxes_to_masks(boxes, (12, 10))
+    assert masks.shape == (2, 12, 10)
+    assert int(masks[0].sum()) == 3 * 3 + 2 * 4 and not masks[1].any()
+    assert sorted(component_boxes(masks)[0].tolist()) == sorted(boxes[0].tolist())
+    # pointing game with boxes: the peak inside the box is a hit
+    maps = torch.zeros(1, 12, 10)
+    maps[0, 2, 3] = 1.0
+    assert (
+        pointing_game(maps, boxes_to_masks(torch.tensor([[2.0, 1.0, 5.0, 4.0]]), (12, 10))).item()
+        == 1.0
+    )

@@ -22,6 +22,7 @@ from camlens.metrics.faithfulness import (
 )
 from camlens.metrics.localisation import (
     box_localisation,
+    boxes_to_masks,
     component_boxes,
     connected_components,
     energy_pointing_game,
@@ -47,6 +48,7 @@ __all__ = [
     "average_drop",
     "black",
     "box_localisation",
+    "boxes_to_masks",
     "component_boxes",
     "connected_components",
     "deletion",

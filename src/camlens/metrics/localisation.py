@@ -188,3 +188,27 @@ def box_localisation(
         best = _box_iou(pred[i : i + 1], gt).amax() if len(gt) else pred.new_zeros(())
         hits.append((best >= min_iou).float())
     return torch.stack(hits)
+
+
+def boxes_to_masks(boxes: Tensor | list[Tensor], size: tuple[int, int]) -> Tensor:
+    """Masks (B, H, W) bool covering each image's boxes, for the mask-based metrics.
+
+    ``boxes``: (B, 4) or a list of B (n_i, 4) tensors, (x0, y0, x1, y1) end-exclusive pixels
+    (fractional coordinates cover the pixels whose centres fall inside). With boxes as masks,
+    :func:`pointing_game` is the pointing game of the paper's box-annotated data sets.
+    """
+    if isinstance(boxes, Tensor):
+        if boxes.ndim != 2 or boxes.shape[1] != 4:
+            raise InputError(f"boxes must be (B, 4) or a list of (n, 4), got {tuple(boxes.shape)}")
+        boxes = list(boxes[:, None])
+    h, w = size
+    out = torch.zeros(len(boxes), h, w, dtype=torch.bool)
+    ys = torch.arange(h, dtype=torch.float32) + 0.5
+    xs = torch.arange(w, dtype=torch.float32) + 0.5
+    for i, b in enumerate(boxes):
+        b = b.detach().float().cpu().reshape(-1, 4)
+        inside_y = (ys[None, :] >= b[:, 1:2]) & (ys[None, :] < b[:, 3:4])  # (n, H)
+        inside_x = (xs[None, :] >= b[:, 0:1]) & (xs[None, :] < b[:, 2:3])  # (n, W)
+        out[i] = (inside_y[:, :, None] & inside_x[:, None, :]).any(dim=0)
+    device = boxes[0].device if len(boxes) else torch.device("cpu")
+    return out.to(device)
