@@ -122,6 +122,7 @@ def test_default_weights_offline_is_a_clear_error(monkeypatch, shape_files, caps
         (["evaluate", "--data", "/no/such/folder"], "no such folder"),
         (["evaluate", "--methods", "gradcan"], "unknown method"),
         (["evaluate", "--road", "20,abc"], "comma-separated percentages"),
+        (["evaluate", "--box-threshold", "1.5"], "must be in (0, 1]"),
         (["evaluate", "--model", "resnet18", "--data", "shapes:4"], "pass --data FOLDER"),
     ],
 )

@@ -191,6 +191,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             )
         if args.steps < 1 or args.batch_size < 1 or args.sanity_images < 1:
             raise ValueError("--steps, --batch-size and --sanity-images must be at least 1")
+        if not 0 < args.box_threshold <= 1:
+            raise ValueError(f"--box-threshold must be in (0, 1], got {args.box_threshold}")
         spec = build_model(args.model, args.weights)
         if kind == "shapes":
             if spec.size != 96 or spec.preset != "none":
@@ -221,6 +223,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         baseline=baseline,
         batch_size=args.batch_size,
         sanity_images=args.sanity_images,
+        box_threshold=args.box_threshold,
         seed=args.seed,
         out=out,
         progress=True,
@@ -328,6 +331,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     ev.add_argument(
         "--sanity-images", type=int, default=32, help="images for the sanity checks (default 32)"
+    )
+    ev.add_argument(
+        "--box-threshold",
+        type=float,
+        default=0.2,
+        help="box localisation: fraction of the map's max that outlines the box (CAM: 0.2)",
     )
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")

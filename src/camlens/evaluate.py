@@ -143,6 +143,7 @@ def evaluate(
     baseline: float | Tensor = 0.0,
     batch_size: int = 64,
     sanity_images: int = 32,
+    box_threshold: float = 0.2,
     seed: int = 0,
     out: Path | None = None,
     progress: bool = False,
@@ -153,7 +154,9 @@ def evaluate(
     Targets are the data's labels, or the model's top class where there are none. Deletion and
     insertion take ``steps`` steps (``ceil(H*W / steps)`` pixels each); ROAD removes each of
     ``road_percentages``. ``baseline`` is the input value of a removed pixel (0: black for
-    inputs in [0, 1]; :func:`camlens.metrics.black` for normalised inputs).
+    inputs in [0, 1]; :func:`camlens.metrics.black` for normalised inputs). Box localisation
+    thresholds maps at ``box_threshold`` of their max (CAM's 20%) and takes the ground-truth
+    boxes from the masks' connected components.
     """
     device = next(iter(model.parameters())).device
     images = data.images.to(device)
@@ -182,6 +185,7 @@ def evaluate(
             "road_percentages": list(road_percentages),
             "batch_size": batch_size,
             "sanity_images": n_sanity,
+            "box_threshold": box_threshold,
             "seed": seed,
             "device": str(device),
             "threads": torch.get_num_threads(),
@@ -213,7 +217,7 @@ def evaluate(
                     row["energy_pointing_game"] = float(energy_pointing_game(m, masks).mean())
                     row["iou"] = float(iou(m, masks).mean())
                     row["box_localisation"] = float(
-                        box_localisation(m, component_boxes(masks)).mean()
+                        box_localisation(m, component_boxes(masks), box_threshold).mean()
                     )
                 conf = masked_confidence(model, images, maps, targets, baseline=baseline, **opts)
                 drops[method] = conf.drop
