@@ -76,8 +76,9 @@ def masked_confidence(
     E^c = I o L^c (Grad-CAM++, Sec. 6.1.1): the explanation map L^c in [0, 1] multiplies the
     image pixel-wise. In the model's input space this is ``baseline + L * (x - baseline)``, so
     ``baseline`` is the value of a fully hidden pixel: 0 for inputs in pixel units (the paper),
-    :func:`camlens.metrics.black` for normalised inputs. ``score``: "prob" (softmax, as in the
-    paper's confidence) or "logit".
+    :func:`camlens.metrics.black` for normalised inputs (pytorch-grad-cam multiplies the
+    normalised tensor, i.e. hides towards the mean colour: ``baseline=0.0`` there). ``score``:
+    "prob" (softmax, as in the paper's confidence) or "logit".
 
     Maps must lie in [0, 1] (pass ``Explanation.maps``).
     """
@@ -237,14 +238,19 @@ def deletion(
 ) -> Curve:
     """Deletion (Petsiuk et al., RISE, BMVC 2018, Sec. 4.1): lower is better.
 
-    Pixels are set to ``baseline`` (RISE: 0, black in pixel units; :func:`black` for
-    normalised inputs) ``step`` at a time in order of decreasing map value, from the full image
-    to none of it; the class probability after each step gives a curve over the fraction of
-    pixels removed, x_k = min(k * step, N) / N, and the score is its area by the trapezoidal
-    rule, AUC = sum_k (x_{k+1} - x_k) (p_k + p_{k+1}) / 2. RISE's step is 224 pixels at
-    224 x 224; the default here is 1% of the pixels (101 points). When ``step`` divides N this
-    equals RISE's ``(sum p - p_0/2 - p_S/2) / S``; otherwise the last, shorter step gets its
-    true width. Ties in the map keep raster order. One forward per point per image, batched.
+    Pixels are set to ``baseline`` ``step`` at a time in order of decreasing map value, from
+    the full image to none of it; the class probability after each step gives a curve over the
+    fraction of pixels removed, x_k = min(k * step, N) / N, and the score is its area by the
+    trapezoidal rule, AUC = sum_k (x_{k+1} - x_k) (p_k + p_{k+1}) / 2. RISE's step is 224
+    pixels at 224 x 224; the default here is 1% of the pixels (101 points). When ``step``
+    divides N this equals RISE's ``(sum p - p_0/2 - p_S/2) / S``; otherwise the last, shorter
+    step gets its true width. Ties in the map keep raster order. One forward per point per
+    image, batched.
+
+    ``baseline``: RISE's code sets removed pixels to 0 in the model's input space, which is the
+    mean colour for normalised inputs; the default 0.0 does the same. ``camlens evaluate``
+    passes :func:`black` for normalised inputs, so that deletion and Average Drop both hide
+    pixels towards black.
     """
     base = check_baseline(baseline, images)
     return _curve(model, images, maps, targets, base, False, step, score, batch_size, progress)
