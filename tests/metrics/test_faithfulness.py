@@ -201,3 +201,18 @@ def test_bad_inputs_say_what_would_work() -> None:
         deletion(model, images, torch.full((2, 4, 4), float("nan")), 0)
     with pytest.raises(InputError, match="broadcast"):
         deletion(model, images, torch.rand(2, 4, 4), 0, baseline=torch.zeros(5))
+
+
+def test_perturbed_images_go_through_in_batches_of_batch_size() -> None:
+    """Memory is bounded by batch_size: no forward sees more perturbed images than that."""
+    seen: list[int] = []
+
+    class Spy(SumNet):
+        def forward(self, x: Tensor) -> Tensor:
+            seen.append(x.shape[0])
+            return super().forward(x)
+
+    images, maps = torch.rand(3, 1, 6, 6), torch.rand(3, 6, 6)
+    out = deletion(Spy(), images, maps, 0, step=2, batch_size=7, score="logit")
+    assert out.curves.shape == (3, 19)
+    assert seen[0] == 3 and max(seen[1:]) == 7 and sum(seen[1:]) == 3 * 19
