@@ -26,6 +26,7 @@ def _run(model, data, methods, **kw):
 def test_every_metric_for_every_method(small) -> None:
     results = _run(load_model(), small, ["gradcam", "cam"])
     assert results["accuracy"] is not None and results["images"] == 6
+    assert results["seconds"] > 0
     expected = {
         "ms_per_image", "pointing_game", "energy_pointing_game", "iou", "box_localisation",
         "average_drop", "increase_in_confidence", "win", "deletion_auc", "insertion_auc",

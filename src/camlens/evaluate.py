@@ -197,6 +197,7 @@ def evaluate(
     }
     drops: dict[str, Tensor] = {}
     opts = {"batch_size": batch_size}
+    run_start = time.perf_counter()
     bar = None
     if progress:
         from tqdm import tqdm
@@ -259,6 +260,7 @@ def evaluate(
                 results["errors"][method] = str(exc)
             for name, share in win_rate(drops).items():
                 results["methods"][name]["win"] = share
+            results["seconds"] = time.perf_counter() - run_start
             if on_method is not None:
                 on_method(method, results)
             if out is not None:
