@@ -206,6 +206,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     except (CamlensError, ValueError) as exc:
         _fail(str(exc))
         return 2
+    if args.weights is None and args.model != "demo":
+        print(
+            f"camlens: warning: {args.model} has random weights (pass --weights DEFAULT or PATH)",
+            file=sys.stderr,
+        )
     stats = PRESETS.get(spec.preset)
     baseline = 0.0 if stats is None else black(*stats)
     layer = args.layer if args.layer else ("features" if args.model == "demo" else None)

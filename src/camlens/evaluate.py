@@ -54,8 +54,8 @@ COLUMNS: dict[str, tuple[str, str, str]] = {
     "insertion_auc": ("insertion", "up", ".3f"),
     "road_morf": ("ROAD MoRF", "down", ".3f"),
     "road_lerf": ("ROAD LeRF", "up", ".3f"),
-    "mprt_spearman": ("MPRT |rho|", "down", ".2f"),
-    "random_logit_spearman": ("rand-logit |rho|", "down", ".2f"),
+    "mprt_spearman": ("MPRT abs rho", "down", ".2f"),
+    "random_logit_spearman": ("random logit abs rho", "down", ".2f"),
 }
 
 

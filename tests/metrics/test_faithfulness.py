@@ -141,6 +141,9 @@ def test_win_rate_shares_ties() -> None:
     wins = win_rate({"a": torch.tensor([1.0, 2.0, 3.0]), "b": torch.tensor([2.0, 2.0, 1.0])})
     assert wins == {"a": pytest.approx(50.0), "b": pytest.approx(50.0)}
     assert win_rate({}) == {}
+    # rounding noise is a tie, not a win
+    near = win_rate({"cam": torch.tensor([5.0]), "gradcam": torch.tensor([5.0 + 1e-5])})
+    assert near == {"cam": pytest.approx(50.0), "gradcam": pytest.approx(50.0)}
 
 
 def test_batch_size_does_not_change_results_and_probabilities_are_used() -> None:

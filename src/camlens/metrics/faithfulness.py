@@ -131,19 +131,22 @@ def increase_in_confidence(
     return masked_confidence(model, images, maps, targets, **options).increase
 
 
-def win_rate(drops: Mapping[str, Tensor]) -> dict[str, float]:
+def win_rate(drops: Mapping[str, Tensor], tol: float = 1e-3) -> dict[str, float]:
     """Win % (Grad-CAM++, Sec. 6.1.1): how often each method has the lowest drop.
 
     ``drops``: method -> per-image Average Drop (B,), as from :func:`average_drop`. For each
     image the method(s) with the lowest drop win it; a tie of n methods gives each 1/n, so the
-    win rates add up to 100. The paper compares two methods; this is the same for any number.
+    win rates add up to 100. Drops within ``tol`` percentage points of the lowest count as a
+    tie (float rounding must not pick a winner between methods whose maps agree, such as CAM
+    and Grad-CAM on a GAP + linear head). The paper compares two methods; this is the same for
+    any number.
     """
     if not drops:
         return {}
     names = list(drops)
     stacked = torch.stack([drops[n].float().reshape(-1) for n in names])  # (M, B)
     best = stacked.min(dim=0, keepdim=True).values
-    winners = (stacked == best).float()
+    winners = (stacked <= best + tol).float()
     share = winners / winners.sum(dim=0, keepdim=True)
     return {n: float(100.0 * share[i].mean()) for i, n in enumerate(names)}
 
