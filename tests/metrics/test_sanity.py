@@ -63,7 +63,9 @@ def test_randomisation_changes_only_the_listed_modules_of_a_copy(demo) -> None:
         seen.append({k: v.clone() for k, v in m.state_dict().items()})
         return fixed_map(m, x, ids)
 
+    state = torch.random.get_rng_state()
     sanity_randomization(model, images[:2], spy, labels[:2], layers=["fc"])
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's RNG is untouched
     original, randomised = seen
     assert not torch.equal(original["fc.weight"], randomised["fc.weight"])
     same = [k for k in original if not k.startswith("fc.")]

@@ -134,7 +134,9 @@ def _randomize(module: nn.Module, generator_seed: int) -> None:
     their buffers (e.g. batch-norm running statistics) are kept, as only learned weights are
     randomised. Other parameters are drawn from N(0, std of their trained values).
     """
-    with torch.random.fork_rng(devices=[]):
+    cuda = sorted({p.device.index or 0 for p in module.parameters() if p.device.type == "cuda"})
+    # fork every generator the initialisers may draw from: the caller's RNG state is untouched
+    with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(generator_seed)
         for sub in module.modules():
             if not _owns_params(sub):
