@@ -334,9 +334,11 @@ def write_outputs(results: dict[str, Any], out: Path) -> list[Path]:
     curves = results.get("curves", {})
     if curves:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-        for method, c in curves.items():
-            axes[0].plot(c["fractions"], c["deletion"], label=method)
-            axes[1].plot(c["fractions"], c["insertion"], label=method)
+        palette = plt.get_cmap("tab20").colors
+        for j, (method, c) in enumerate(curves.items()):
+            style = {"color": palette[j % 20], "linestyle": ("-", "--", ":")[(j // 20) % 3]}
+            axes[0].plot(c["fractions"], c["deletion"], label=method, **style)
+            axes[1].plot(c["fractions"], c["insertion"], label=method, **style)
         for ax, title in zip(
             axes, ("Deletion (lower is better)", "Insertion (higher is better)"), strict=True
         ):
