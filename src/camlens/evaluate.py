@@ -15,7 +15,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +67,6 @@ class EvalData:
     targets: Tensor | None = None
     masks: Tensor | None = None
     has_mask: Tensor | None = None
-    names: list[str] = field(default_factory=list)
     description: str = ""
 
 
@@ -77,7 +76,7 @@ def shapes_data(n: int, instances: int = 1, seed: int = 2027, size: int = 96) ->
 
     images, labels, masks = shapes(n, seed=seed, size=size, instances=instances)
     desc = f"shapes:{n} (seed {seed}, {instances} object{'s' if instances > 1 else ''} per image)"
-    return EvalData(images, labels, masks, torch.ones(n, dtype=torch.bool), [], desc)
+    return EvalData(images, labels, masks, torch.ones(n, dtype=torch.bool), desc)
 
 
 def folder_data(
@@ -112,7 +111,7 @@ def folder_data(
             t = TF.center_crop(t, [size, size])
         masks[i], has[i] = t[0] > 0, True
     desc = f"{folder} ({len(files)} images, {int(has.sum())} with masks)"
-    return EvalData(images, None, masks, has, [p.name for p in files], desc)
+    return EvalData(images, None, masks, has, desc)
 
 
 def _explain_all(
