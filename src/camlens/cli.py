@@ -217,7 +217,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     model = spec.model.to(torch.device(args.device))
     out = Path(args.out)
-    print(f"evaluating {len(names)} methods of {args.model} on {data.description}")
+    count = f"{len(names)} method{'s' if len(names) != 1 else ''}"
+    print(f"evaluating {count} of {args.model} on {data.description}")
     results = evaluate(
         model,
         data,
