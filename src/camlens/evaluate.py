@@ -23,7 +23,6 @@ import torch
 from torch import Tensor, nn
 
 import camlens
-from camlens.engine import preserved_model
 from camlens.errors import CamlensError, InputError
 from camlens.metrics import (
     box_localisation,
@@ -39,6 +38,7 @@ from camlens.metrics import (
     sanity_randomization,
     win_rate,
 )
+from camlens.metrics.perturbation import resolve_targets
 
 #: column -> (header, better: "up" or "down", format)
 COLUMNS: dict[str, tuple[str, str, str]] = {
@@ -157,13 +157,10 @@ def evaluate(
     thresholds maps at ``box_threshold`` of their max (CAM's 20%) and takes the ground-truth
     boxes from the masks' connected components.
     """
-    device = next(iter(model.parameters())).device
+    tensors = [*model.parameters(), *model.buffers()]
+    device = tensors[0].device if tensors else data.images.device
     images = data.images.to(device)
-    with preserved_model(model), torch.no_grad():
-        logits = torch.cat(
-            [model(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
-        )
-    predicted = logits.argmax(1)
+    predicted = resolve_targets(model, images, None, batch_size)[1]
     targets = data.targets.to(device) if data.targets is not None else predicted
     h, w = images.shape[-2:]
     step = max(1, math.ceil(h * w / steps))

@@ -89,7 +89,7 @@ def masked_confidence(
             "not the raw maps"
         )
     base = check_baseline(baseline, images)
-    logits, ids = resolve_targets(model, images, targets)
+    logits, ids = resolve_targets(model, images, targets, batch_size)
     full = pick(logits, ids, score)
 
     def build(start: int, stop: int) -> tuple[Tensor, Tensor]:
@@ -209,7 +209,7 @@ def _curve(
     points = math.ceil(n / step) + 1
     counts = (torch.arange(points, device=images.device) * step).clamp(max=n)
     ranks = pixel_ranks(maps).view(b, 1, h, w)
-    _, ids = resolve_targets(model, images, targets)
+    _, ids = resolve_targets(model, images, targets, batch_size)
 
     def build(lo: int, hi: int) -> tuple[Tensor, Tensor]:
         item = torch.arange(lo, hi, device=images.device)

@@ -47,15 +47,23 @@ def check_images_maps(images: Tensor, maps: Tensor) -> Tensor:
     return upsample(maps.to(images.device).float(), tuple(images.shape[-2:]))
 
 
-def resolve_targets(model: nn.Module, images: Tensor, targets: TargetSpec) -> tuple[Tensor, Tensor]:
-    """Run the model once (eval, no grad) and return its logits (B, K) and class ids (B,).
+def resolve_targets(
+    model: nn.Module, images: Tensor, targets: TargetSpec, batch_size: int = 64
+) -> tuple[Tensor, Tensor]:
+    """Run the model (eval, no grad, ``batch_size`` images at a time) and return its logits
+    (B, K) and the class ids (B,).
 
     ``targets``: None (each image's top class), an int, or one class id per image.
     """
-    with preserved_model(model), torch.no_grad():
-        logits = logits_of(model(images), images.shape[0]).float()
     if callable(targets) and not isinstance(targets, Tensor):
         raise InputError("the metrics score class ids; pass an int or one id per image as targets")
+    step = max(1, int(batch_size))
+    with preserved_model(model), torch.no_grad():
+        parts = [
+            logits_of(model(images[i : i + step]), len(images[i : i + step])).float()
+            for i in range(0, images.shape[0], step)
+        ]
+    logits = torch.cat(parts)
     return logits, class_ids(targets, logits)
 
 

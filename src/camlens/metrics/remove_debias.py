@@ -191,7 +191,7 @@ def road(
     n = h * w
     counts = torch.round(pct / 100 * n).long().to(images.device)
     ranks = pixel_ranks(maps).view(b, h, w)
-    _, ids = resolve_targets(model, images, targets)
+    _, ids = resolve_targets(model, images, targets, batch_size)
     gen = torch.Generator(device=images.device).manual_seed(seed)
     points = 2 * len(counts)
 
