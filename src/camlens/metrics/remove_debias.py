@@ -43,47 +43,74 @@ def _neighbour_sum(x: Tensor) -> Tensor:
     return _D * direct + _E * diagonal
 
 
-def _initial_guess(img: Tensor, known: Tensor) -> Tensor:
-    """A smooth first guess for the removed pixels: the solution at half the resolution,
-    upsampled (coarse to fine, so that conjugate gradients only fix the fine detail), or the
-    mean of the kept pixels on small images."""
-    h, w = img.shape[2:]
-    if min(h, w) < 16:
-        count = known.sum(dim=(1, 2, 3), keepdim=True)
-        return ((known * img).sum(dim=(1, 2, 3), keepdim=True) / count.clamp(min=1)).expand_as(img)
-    count = F.avg_pool2d(known, 2, ceil_mode=True)
-    coarse_known = (count > 0).to(img.dtype)
-    coarse = F.avg_pool2d(known * img, 2, ceil_mode=True) / count.clamp(min=1e-12)
-    solved = _solve(coarse * coarse_known, coarse_known, 1e-4, None)
-    return F.interpolate(solved, size=(h, w), mode="bilinear", align_corners=False)
+def _levels(unknown: Tensor, smallest: int = 6) -> list[tuple[Tensor, Tensor]]:
+    """The multigrid hierarchy: (removed-pixel mask, neighbour-weight sum) per level, halving
+    the resolution down to ``smallest`` pixels; a coarse pixel is removed if any child is."""
+    levels = []
+    u = unknown
+    while True:
+        h, w = u.shape[-2:]
+        degree = _neighbour_sum(torch.ones(1, 1, h, w, dtype=u.dtype, device=u.device))
+        levels.append((u, degree))
+        if min(h, w) <= smallest:
+            return levels
+        u = F.max_pool2d(u, 2, ceil_mode=True)
+
+
+def _v_cycle(r: Tensor, levels: list[tuple[Tensor, Tensor]], k: int = 0) -> Tensor:
+    """One multigrid V-cycle for A e = r: 2 weighted-Jacobi sweeps (omega 0.8) before and after
+    the coarse correction, restriction by sum pooling (the transpose of the nearest-neighbour
+    prolongation), 16 sweeps on the coarsest level. A fixed symmetric positive definite linear
+    map of r, so it can precondition conjugate gradients."""
+    unknown, degree = levels[k]
+    step = 0.8 / degree
+
+    def apply(v: Tensor) -> Tensor:
+        return unknown * (degree * v - _neighbour_sum(v))
+
+    e = step * r
+    if k == len(levels) - 1:
+        for _ in range(15):
+            e = e + step * (r - apply(e))
+        return e
+    e = e + step * (r - apply(e))
+    residual = r - apply(e)
+    h, w = r.shape[-2:]
+    coarse = 4 * F.avg_pool2d(F.pad(residual, (0, w % 2, 0, h % 2)), 2)
+    correction = _v_cycle(coarse, levels, k + 1)
+    e = e + unknown * F.interpolate(correction, scale_factor=2.0, mode="nearest")[..., :h, :w]
+    for _ in range(2):
+        e = e + step * (r - apply(e))
+    return e
 
 
 def _solve(img: Tensor, known: Tensor, tol: float, max_iter: int | None) -> Tensor:
-    """Conjugate gradients for the removed pixels' values (0 at the kept ones), (N, 1, H, W)."""
-    _, _, h, w = img.shape
+    """Conjugate gradients, preconditioned by a multigrid V-cycle, for the removed pixels'
+    values (0 at the kept ones), (N, 1, H, W). About 10-30 iterations at 96-224 pixels."""
     unknown = 1.0 - known
-    degree = _neighbour_sum(torch.ones(1, 1, h, w, dtype=img.dtype, device=img.device))
+    levels = _levels(unknown)
+    degree = levels[0][1]
 
     def apply(v: Tensor) -> Tensor:  # the system matrix; v is 0 on the kept pixels
         return unknown * (degree * v - _neighbour_sum(v))
 
     rhs = unknown * _neighbour_sum(known * img)
-    v = unknown * _initial_guess(img, known)
-    r = rhs - apply(v)
-    z = r / degree
-    p = z.clone()
+    v = torch.zeros_like(img)
+    r = rhs
+    z = _v_cycle(r, levels)
+    p = z
     rz = (r * z).sum(dim=(1, 2, 3), keepdim=True)
     scale = rhs.flatten(1).norm(dim=1).clamp(min=1e-12)
-    limit = max_iter if max_iter is not None else 8 * (h + w) + 100
-    for it in range(limit):
-        if it % 8 == 0 and bool((r.flatten(1).norm(dim=1) <= tol * scale).all()):
+    limit = max_iter if max_iter is not None else 500
+    for _ in range(limit):
+        if bool((r.flatten(1).norm(dim=1) <= tol * scale).all()):
             break
         ap = apply(p)
         pap = (p * ap).sum(dim=(1, 2, 3), keepdim=True)
         alpha = torch.where(pap > 0, rz / torch.where(pap > 0, pap, 1.0), 0.0)
         v = v + alpha * p
         r = r - alpha * ap
-        z = r / degree
+        z = _v_cycle(r, levels)
         rz_new = (r * z).sum(dim=(1, 2, 3), keepdim=True)
         beta = torch.where(rz > 0, rz_new / torch.where(rz > 0, rz, 1.0), 0.0)
         p = z + beta * p
@@ -106,11 +133,11 @@ def noisy_linear_impute(
     then x_i += noise * N(0, 1). This is the system of the paper's reference code (solved there
     one image at a time by a sparse LU). Here it is the graph Laplacian restricted to the
     removed pixels, symmetric positive definite wherever a removed region touches a kept pixel,
-    so all images and channels are solved together by Jacobi-preconditioned conjugate
-    gradients (the matrix applied with shifted slices, from a coarse-to-fine first guess), on
-    the images' device. A removed region
-    with no kept neighbour at all (e.g. everything removed) takes the mean of the image's kept
-    pixels (0 when there are none).
+    so all images and channels are solved together by conjugate gradients preconditioned by a
+    geometric multigrid V-cycle (the matrix applied with shifted slices), on the images'
+    device; ``tol`` is the relative residual (the solution is then within about 1e-3 of the
+    exact one, a tenth of the default noise). A removed region with no kept neighbour at all
+    (e.g. everything removed) takes the mean of the image's kept pixels (0 when there are none).
 
     images (B, C, H, W), keep (B, H, W) bool -> (B, C, H, W).
     """
