@@ -22,6 +22,15 @@ def _fail(message: str) -> None:
     print(f"camlens: error: {message}", file=sys.stderr)
 
 
+def _warn_random_weights(args: argparse.Namespace) -> None:
+    """A torchvision model without --weights has random weights: say so once, on stderr."""
+    if args.weights is None and args.model != "demo":
+        print(
+            f"camlens: warning: {args.model} has random weights (pass --weights DEFAULT or PATH)",
+            file=sys.stderr,
+        )
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from camlens.demo.run import run_demo
 
@@ -83,11 +92,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     except CamlensError as exc:
         _fail(str(exc))
         return 2
-    if args.weights is None and args.model != "demo":
-        print(
-            f"camlens: warning: {args.model} has random weights (pass --weights DEFAULT or PATH)",
-            file=sys.stderr,
-        )
+    _warn_random_weights(args)
     failed = 0
     loaded, paths = [], []
     for path in map(Path, args.images):
@@ -206,11 +211,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     except (CamlensError, ValueError) as exc:
         _fail(str(exc))
         return 2
-    if args.weights is None and args.model != "demo":
-        print(
-            f"camlens: warning: {args.model} has random weights (pass --weights DEFAULT or PATH)",
-            file=sys.stderr,
-        )
+    _warn_random_weights(args)
     stats = PRESETS.get(spec.preset)
     baseline = 0.0 if stats is None else black(*stats)
     layer = args.layer if args.layer else ("features" if args.model == "demo" else None)
