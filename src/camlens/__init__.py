@@ -5,6 +5,7 @@
 >>> ex.maps.shape                                               # (B, H, W) in [0, 1]
 """
 
+from camlens import targets
 from camlens.engine import Explainer, explain
 from camlens.errors import (
     CamlensError,
@@ -36,4 +37,5 @@ __all__ = [
     "explain",
     "method_info",
     "methods",
+    "targets",
 ]

@@ -10,6 +10,7 @@ after them. No ``backward()``, no parameter ``.grad``, no ``retain_graph``.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -18,21 +19,28 @@ import torch
 from torch import Tensor, nn
 
 from camlens import cams as _cams  # noqa: F401  (registers the methods)
-from camlens.errors import GradientUnavailableError, InputError, LayerError, TargetError
+from camlens.errors import (
+    CamlensError,
+    GradientUnavailableError,
+    InputError,
+    LayerError,
+    TargetError,
+)
 from camlens.explanation import Explanation
 from camlens.fusion import fuse_layers
 from camlens.layers import (
     LayerSpec,
     LinearCall,
+    find_default_layer,
     find_gap_linear_head,
-    find_last_spatial_layer,
     resolve_layers,
 )
+from camlens.layouts import Layout, LayoutSpec, infer_layout, is_detections, primary_output
 from camlens.maps import minmax, to_heatmap
 from camlens.probe import Probe
 from camlens.registry import MethodInfo, get_method
 from camlens.suffix import layer_runner
-from camlens.targets import TargetSpec, select_scores
+from camlens.targets import Selection, Target, TargetSpec, select_scores
 
 
 @contextmanager
@@ -61,7 +69,13 @@ class _Capture:
     With ``track_grads`` the first hook to fire makes its output a leaf that requires grad and
     switches autograd on for the rest of the forward. Each hook hands a clone downstream, so
     that an in-place op after the layer (VGG's ReLU(inplace=True), DenseNet's F.relu_) cannot
-    change the captured activation: it is the layer's true output.
+    change the captured activation: it is the layer's true output. A layer may output a tensor
+    of any layout (feature maps, channels-last maps, tokens, volumes) or a tuple whose first
+    element is one (as some transformer blocks do); :mod:`camlens.layouts` reads it afterwards.
+
+    With ``grids`` the hooks also note, for each target layer, the spatial shape of the last
+    convolution output before it (a transformer's patch embedding: the token grid), and for
+    torchvision detectors the size of the resized, padded images the backbone sees.
     """
 
     def __init__(
@@ -69,24 +83,34 @@ class _Capture:
         layers: list[tuple[str, nn.Module]],
         track_grads: bool,
         linears: list[tuple[str, nn.Module]],
+        model: nn.Module | None = None,
     ):
         self.layers = layers
         self.track_grads = track_grads
         self.acts: dict[str, Tensor] = {}
         self.calls: dict[str, int] = {}
+        self.grid_at: dict[str, tuple[int, ...] | None] = {}
+        self.frame: tuple[tuple[int, ...], tuple[int, ...]] | None = None  # (padded, resized)
         self.linears: list[LinearCall] = []
         self._linears = linears
+        self._model = model
+        self._grid: tuple[int, ...] | None = None
         self._handles: list[Any] = []
 
     def _hook(self, name: str):
-        def hook(_module: nn.Module, _inputs: Any, output: Any) -> Tensor:
-            if not isinstance(output, Tensor) or output.ndim != 4:
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
+            rest: tuple = ()
+            if isinstance(output, tuple) and output and isinstance(output[0], Tensor):
+                output, rest = output[0], tuple(output[1:])
+            if not isinstance(output, Tensor) or output.ndim < 3:
                 shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
                 raise LayerError(
-                    f"layer {name!r} outputs {shape}, not a (B, C, h, w) feature map; pick a "
-                    "convolutional layer or block, or pass layer=None to use the last spatial one"
+                    f"layer {name!r} outputs {shape}, not a feature map, channels-last map or "
+                    "tokens; pick a convolutional layer, block or transformer norm, or pass "
+                    "layer=None to use the automatic one"
                 )
             self.calls[name] = self.calls.get(name, 0) + 1
+            self.grid_at[name] = self._grid
             if self.track_grads:
                 if not output.requires_grad:
                     torch.set_grad_enabled(True)
@@ -94,7 +118,8 @@ class _Capture:
                 self.acts[name] = output
             else:
                 self.acts[name] = output.detach()
-            return output.clone()
+            out = output.clone()
+            return (out, *rest) if rest else out
 
         return hook
 
@@ -105,12 +130,29 @@ class _Capture:
 
         return hook
 
+    def _grid_hook(self, _module: nn.Module, _inputs: Any, output: Any) -> None:
+        if isinstance(output, Tensor) and output.ndim >= 3:
+            self._grid = tuple(output.shape[2:])
+
+    def _frame_hook(self, _module: nn.Module, _inputs: Any, output: Any) -> None:
+        images = output[0] if isinstance(output, tuple) and output else None
+        tensors, sizes = getattr(images, "tensors", None), getattr(images, "image_sizes", None)
+        if isinstance(tensors, Tensor) and sizes:
+            self.frame = (tuple(tensors.shape[2:]), tuple(int(v) for v in sizes[0]))
+
     def __enter__(self) -> _Capture:
         try:
             for name, module in self.layers:
                 self._handles.append(module.register_forward_hook(self._hook(name)))
             for name, module in self._linears:
                 self._handles.append(module.register_forward_hook(self._linear_hook(name)))
+            if self._model is not None:
+                for module in self._model.modules():
+                    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+                        self._handles.append(module.register_forward_hook(self._grid_hook))
+                transform = getattr(self._model, "transform", None)
+                if isinstance(transform, nn.Module) and hasattr(transform, "postprocess"):
+                    self._handles.append(transform.register_forward_hook(self._frame_hook))
         except BaseException:
             self.__exit__()
             raise
@@ -122,15 +164,33 @@ class _Capture:
         self._handles.clear()
 
 
-def _check_images(model: nn.Module, images: Any) -> Tensor:
+def _check_images(model: nn.Module, images: Any) -> tuple[Tensor, Any]:
+    """(images as one (B, C, *spatial) tensor, what the model is called with).
+
+    A tensor is both. A list of (C, H, W) images of one size (torchvision detectors' input) is
+    stacked for the maps and passed to the model as the list.
+    """
+    given = images
+    if isinstance(images, (list, tuple)) and images and all(isinstance(i, Tensor) for i in images):
+        sizes = {tuple(i.shape) for i in images}
+        if len(sizes) != 1:
+            raise InputError(
+                f"a list of images must hold images of one size, got sizes {sorted(sizes)}; "
+                "resize them first or explain them one at a time"
+            )
+        images = torch.stack(list(images))
     if not isinstance(images, Tensor):
         raise InputError(
-            f"images must be a torch.Tensor of shape (B, C, H, W), got {type(images).__name__}; "
+            f"images must be a torch.Tensor of shape (B, C, H, W) (or (B, C, D, H, W) for "
+            f"volumes and video), or a list of (C, H, W) tensors, got {type(images).__name__}; "
             "load and preprocess them first (camlens.io.load_image, camlens.io.preprocess)"
         )
-    if images.ndim != 4:
+    if images.ndim not in (4, 5):
         hint = " (add a batch dimension: images.unsqueeze(0))" if images.ndim == 3 else ""
-        raise InputError(f"images must be 4-D (B, C, H, W), got shape {tuple(images.shape)}{hint}")
+        raise InputError(
+            f"images must be 4-D (B, C, H, W) or, for volumes and video, 5-D (B, C, D, H, W); "
+            f"got shape {tuple(images.shape)}{hint}"
+        )
     if not images.is_floating_point():
         raise InputError(
             f"images must be a float tensor (preprocessed), got dtype {images.dtype}; "
@@ -144,7 +204,7 @@ def _check_images(model: nn.Module, images: Any) -> Tensor:
             f"images are on {images.device} but the model is on {param.device}; "
             f"move them with images.to('{param.device}')"
         )
-    return images
+    return images, (given if isinstance(given, (list, tuple)) else images)
 
 
 def _option_names(fn: Callable[..., Any]) -> set[str]:
@@ -159,7 +219,7 @@ def _option_names(fn: Callable[..., Any]) -> set[str]:
 def _noisy_copies(images: Tensor, samples: int, std: float, gen: torch.Generator) -> Tensor:
     """``samples`` copies of each image plus N(0, sigma^2), sigma = std * (max - min) of that
     image (SmoothGrad's convention); image-major order: (B * samples, C, H, W)."""
-    span = (images.flatten(1).amax(1) - images.flatten(1).amin(1)).view(-1, 1, 1, 1, 1)
+    span = (images.flatten(1).amax(1) - images.flatten(1).amin(1)).view(-1, *[1] * images.ndim)
     rep = images[:, None].expand(-1, samples, *images.shape[1:])
     noise = torch.randn(rep.shape, generator=gen, device=images.device, dtype=images.dtype)
     return (rep + noise * std * span).reshape(-1, *images.shape[1:])
@@ -169,10 +229,15 @@ class Explainer:
     """A reusable explainer: one model, one method, one or more layers.
 
     ``Explainer(model, "gradcam", "layer4")(images, target)`` is what :func:`explain` does, but
-    the automatic layer search (one dry run) and the model split of gradient-free methods happen
-    once and are reused for later calls.
+    the automatic layer search (one dry run), the layers' layouts and the model split of
+    gradient-free methods happen once and are reused for later calls.
 
     Keyword arguments:
+        layout: how to read the layer's activation: None (decided from the model, see
+            :mod:`camlens.layouts`), ``"nchw"``, ``"nhwc"``, ``"tokens"``, or a callable
+            activation -> (B, C, *spatial) applied to activations and gradients alike (like
+            pytorch-grad-cam's ``reshape_transform``: a re-indexing such as permute, reshape or
+            slicing).
         batch_size: images (or activations) per forward pass for methods that re-run the model.
         progress: show a tqdm progress bar for those passes (off by default).
         seed: seeds the noise of SS-CAM, Smooth Grad-CAM++ and ``smooth``.
@@ -189,6 +254,7 @@ class Explainer:
         method: str = "gradcam",
         layer: LayerSpec = None,
         *,
+        layout: LayoutSpec = None,
         batch_size: int = 64,
         progress: bool = False,
         seed: int = 0,
@@ -203,6 +269,12 @@ class Explainer:
         self._layers: list[tuple[str, nn.Module]] | None = (
             None if layer is None else resolve_layers(model, layer)
         )
+        if layout is not None and not callable(layout) and layout not in ("nchw", "nhwc", "tokens"):
+            raise InputError(
+                f"layout must be None, 'nchw', 'nhwc', 'tokens' or a callable, got {layout!r}"
+            )
+        self.layout_spec = layout
+        self._layouts: dict[tuple, Layout] = {}
         self.batch_size, self.progress, self.seed = batch_size, progress, seed
         if smooth and self.method.inputs != "grads":
             raise InputError(
@@ -215,6 +287,7 @@ class Explainer:
             raise InputError(f"exact=True is an option of gradcampp, not of {method!r}")
         self.exact_chunk = int(options.pop("exact_chunk", 256))
         self._fn_options, self._score_options = self._split_options(options)
+        self._frame: tuple[tuple[int, ...], tuple[int, ...]] | None = None
 
     def _split_options(self, options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         info = self.method
@@ -227,7 +300,7 @@ class Explainer:
             accepted = sorted(fn_names | score_names) or ["none"]
             raise InputError(
                 f"unknown option(s) {sorted(unknown)} for method {info.name!r}; it accepts: "
-                f"{', '.join(accepted)} (and batch_size, progress, seed for any method)"
+                f"{', '.join(accepted)} (and layout, batch_size, progress, seed for any method)"
             )
         return (
             {k: v for k, v in options.items() if k in fn_names},
@@ -239,10 +312,22 @@ class Explainer:
         """The layer names in use, or None before the first call resolves an automatic layer."""
         return None if self._layers is None else [name for name, _ in self._layers]
 
-    def __call__(self, images: Tensor, target: TargetSpec = None) -> Explanation:
-        """Explain a batch. ``target``: None (top class), an int, B ints, or a callable."""
+    def layout(self, name: str) -> Layout | None:
+        """The layout decided for layer ``name`` at the last call (None before any call)."""
+        found = [lay for (n, *_), lay in self._layouts.items() if n == name]
+        return found[-1] if found else None
+
+    def __call__(self, images: Tensor | list[Tensor], target: TargetSpec = None) -> Explanation:
+        """Explain a batch.
+
+        ``images``: (B, C, H, W), (B, C, D, H, W) for volumes and video, or a list of
+        same-size (C, H, W) images (torchvision detectors). ``target``: None (top class), an
+        int, B ints, (B, T) ints, a :mod:`camlens.targets` target (``top(k)``,
+        ``segmentation``, ``similarity``, ``detections``) or a callable output -> (B,) or
+        (B, T) scores. With T targets per image, maps are (B, T, *spatial).
+        """
         model, info = self.model, self.method
-        images = _check_images(model, images)
+        images, model_input = _check_images(model, images)
         if (info.needs_grads or info.inputs == "model") and torch.is_inference_mode_enabled():
             raise GradientUnavailableError(
                 f"{info.name!r} needs gradients, which torch.inference_mode() forbids; call "
@@ -251,25 +336,76 @@ class Explainer:
             )
         with preserved_model(model):
             if self._layers is None:
-                self._layers = resolve_layers(model, find_last_spatial_layer(model, images))
+                self._layers = resolve_layers(model, find_default_layer(model, model_input))
+            if not self._fast_multi() and self._maybe_multi(target):
+                with torch.no_grad():
+                    sel = self._select(target, model(model_input), images.shape[0], 0)
+                if sel.scores.ndim == 2:
+                    return self._per_target(images, model_input, target, sel)
             if info.inputs == "model":
-                return self._run_model_level(images, target)
+                return self._run_model_level(images, model_input, target)
             if info.inputs == "layer_probe":
-                return self._run_layer_probe(images, target)
-            return self._run(images, target)
+                return self._run_layer_probe(images, model_input, target)
+            return self._run(images, model_input, target)
+
+    # -- several targets per image --
+
+    def _fast_multi(self) -> bool:
+        """Whether T targets per image go through one forward and one batched gradient."""
+        info = self.method
+        if info.inputs == "grads":
+            return not self.exact and not self.smooth
+        return info.inputs in ("class_weights", "acts", "input_probe")
+
+    @staticmethod
+    def _maybe_multi(target: TargetSpec) -> bool:
+        if target is None or isinstance(target, int):
+            return False
+        if isinstance(target, Tensor):
+            return target.ndim == 2
+        if isinstance(target, (list, tuple)):
+            return any(isinstance(t, (list, tuple, Tensor)) for t in target)
+        return True  # targets and callables may select (B, T)
+
+    def _per_target(
+        self, images: Tensor, model_input: Any, target: TargetSpec, sel: Selection
+    ) -> Explanation:
+        """Methods without a batched multi-target path: one run per target column."""
+        runs = []
+        for t in range(sel.scores.shape[1]):
+            column = _Column(target, t)
+            if self.method.inputs == "model":
+                runs.append(self._run_model_level(images, model_input, column))
+            elif self.method.inputs == "layer_probe":
+                runs.append(self._run_layer_probe(images, model_input, column))
+            else:
+                runs.append(self._run(images, model_input, column))
+        first = runs[0]
+        return Explanation(
+            maps=torch.stack([r.maps for r in runs], dim=1),
+            raw={k: torch.stack([r.raw[k] for r in runs], dim=1) for k in first.raw},
+            targets=torch.stack([r.targets for r in runs], dim=1),
+            scores=torch.stack([r.scores for r in runs], dim=1),
+            layers=first.layers,
+            method=first.method,
+            logits=first.logits,
+            extras={**sel.extras, **first.extras},
+        )
 
     # -- one forward with capture hooks (gradient methods, CAM, Eigen-CAM, Score-CAM family) --
 
-    def _forward(self, batch: Tensor, track_grads: bool, linears: bool) -> tuple[Any, _Capture]:
+    def _forward(
+        self, batch: Tensor, model_input: Any, track_grads: bool, linears: bool
+    ) -> tuple[Any, _Capture]:
         model = self.model
         heads = (
             [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
             if linears
             else []
         )
-        capture = _Capture(self._layers, track_grads=track_grads, linears=heads)
+        capture = _Capture(self._layers, track_grads=track_grads, linears=heads, model=model)
         with capture, torch.no_grad():
-            output = model(batch)
+            output = model(model_input)
         for name, _ in self._layers:
             if name not in capture.acts:
                 raise LayerError(
@@ -281,11 +417,23 @@ class Explainer:
                     f"layer {name!r} ran {capture.calls[name]} times in one forward pass (a "
                     "shared module); its activation is ambiguous, pick a layer that runs once"
                 )
+        self._frame = capture.frame
         return output, capture
 
-    def _select(self, target: TargetSpec, output: Any, clean: int, copies: int) -> tuple:
-        """Scores and class ids (see :func:`camlens.targets.select_scores`), with the method's
-        own score (Finer-CAM) when it has one."""
+    def _layout_of(
+        self, name: str, module: nn.Module, act: Tensor, capture: _Capture, images: Tensor
+    ) -> Layout:
+        inputs = capture.frame[0] if capture.frame else tuple(images.shape[2:])
+        key = (name, tuple(act.shape[1:]), inputs)
+        if key not in self._layouts:
+            self._layouts[key] = infer_layout(
+                name, tuple(act.shape), inputs, module, capture.grid_at.get(name), self.layout_spec
+            )
+        return self._layouts[key]
+
+    def _select(self, target: TargetSpec, output: Any, clean: int, copies: int) -> Selection:
+        """Scores, class ids and extras (see :func:`camlens.targets.select_scores`), with the
+        method's own score (Finer-CAM) when it has one."""
         info = self.method
         score = (
             None
@@ -294,7 +442,7 @@ class Explainer:
         )
         return select_scores(target, output, clean, copies, score)
 
-    def _run(self, images: Tensor, target: TargetSpec) -> Explanation:
+    def _run(self, images: Tensor, model_input: Any, target: TargetSpec) -> Explanation:
         info = self.method
         batch = images.shape[0]
         copies = 0
@@ -303,13 +451,23 @@ class Explainer:
             copies = self._fn_options.get("samples", 8) if not self.smooth else self.smooth
             gen = torch.Generator(device=images.device).manual_seed(self.seed)
             noisy = _noisy_copies(images, copies, self.smooth_std, gen)
-            forward_batch = torch.cat([images, noisy])
+            forward_batch = model_input = torch.cat([images, noisy])
         output, capture = self._forward(
-            forward_batch, track_grads=info.needs_grads, linears=info.inputs == "class_weights"
+            forward_batch,
+            model_input,
+            track_grads=info.needs_grads,
+            linears=info.inputs == "class_weights",
         )
         with torch.set_grad_enabled(info.needs_grads):
-            scores, ids = self._select(target, output, batch, copies)
+            sel = self._select(target, output, batch, copies)
+        scores, ids = sel.scores, sel.ids
+        multi = scores.ndim == 2
+        T = scores.shape[1] if multi else 1
         acts = [capture.acts[name] for name, _ in self._layers]
+        layouts = [
+            self._layout_of(name, module, act, capture, images)
+            for (name, module), act in zip(self._layers, acts, strict=True)
+        ]
         options = {k: v for k, v in self._fn_options.items() if k != "samples"}
         raws: list[Tensor] = []
         if info.needs_grads and self.exact:
@@ -317,62 +475,105 @@ class Explainer:
         elif info.needs_grads:
             grads, hvps = self._gradients(scores, acts, hessian=info.inputs == "grads_hvp")
         for i, (name, _) in enumerate(self._layers):
-            act = acts[i].detach().float()
+            layout = layouts[i]
+            spatial = layout.to_spatial
+            act = spatial(acts[i].detach()).float()
             with torch.no_grad():
                 if info.inputs == "grads" and copies:  # SmoothGrad-style average of raw maps
-                    noisy_raw = info.fn(act[batch:], grads[i][batch:].float(), **options)
+                    noisy_raw = info.fn(act[batch:], spatial(grads[i][batch:]).float(), **options)
                     raw = noisy_raw.view(batch, copies, *noisy_raw.shape[1:]).mean(dim=1)
                 elif info.inputs == "grads" and self.exact:
-                    raw = info.fn(act, grads[i].float(), d2s[i], d3s[i], **options)
+                    raw = info.fn(
+                        act, spatial(grads[i]).float(), spatial(d2s[i]), spatial(d3s[i]), **options
+                    )
+                elif info.inputs == "grads" and multi:
+                    g = grads[i]  # (T, N, ...): one gradient per target column
+                    g = spatial(g.reshape(T * g.shape[1], *g.shape[2:])).float()
+                    g = g.view(T, batch, *g.shape[1:]).transpose(0, 1).reshape(-1, *g.shape[1:])
+                    raw = info.fn(act.repeat_interleave(T, dim=0), g, **options)
                 elif info.inputs == "grads":
-                    raw = info.fn(act, grads[i].float(), **options)
+                    raw = info.fn(act, spatial(grads[i]).float(), **options)
                 elif info.inputs == "grads_hvp":
-                    raw = info.fn(act, grads[i].float(), hvps[i].float(), **options)
+                    raw = info.fn(
+                        act, spatial(grads[i]).float(), spatial(hvps[i]).float(), **options
+                    )
                 elif info.inputs == "grad_samples":
-                    g = grads[i][batch:].float()
+                    g = spatial(grads[i][batch:]).float()
                     raw = info.fn(act[:batch], g.view(batch, copies, *g.shape[1:]), **options)
                 elif info.inputs == "class_weights":
-                    raw = info.fn(act, self._class_weights(act, output, ids, capture, name))
+                    flat_ids = ids.reshape(-1)
+                    weights = self._class_weights(act, output, flat_ids, capture, name)
+                    raw = info.fn(act.repeat_interleave(T, dim=0), weights)
                 elif info.inputs == "acts":
                     raw = info.fn(act, **options)
+                    if multi:
+                        raw = raw.repeat_interleave(T, dim=0)
                 else:  # input_probe
-                    probe = Probe(
-                        lambda x, _owner: self.model(x),
-                        images,
-                        act,
-                        ids,
-                        scores.detach(),
-                        self.batch_size,
-                        self.progress,
-                        self.seed,
-                        desc=f"{info.name} {name}",
-                    )
-                    raw = info.fn(act, probe, **options)
+                    raw = self._input_probe(images, act, ids, scores, name, options)
+            if multi:
+                raw = raw.view(batch, T, *raw.shape[1:])
             raws.append(raw)
-        logits = output[:batch] if isinstance(output, Tensor) and output.ndim == 2 else None
-        return self._explanation(images, raws, ids[:batch], scores[:batch], logits)
+        logits = _logits_or_none(output, batch)
+        return self._explanation(images, raws, ids[:batch], scores[:batch], logits, sel.extras)
+
+    def _input_probe(
+        self, images: Tensor, act: Tensor, ids: Tensor, scores: Tensor, name: str, options: dict
+    ) -> Tensor:
+        """Score-CAM family: one probe per target column (their masks are shared)."""
+        info = self.method
+        columns = [ids] if ids.ndim == 1 else list(ids.T)
+        col_scores = [scores] if scores.ndim == 1 else list(scores.T)
+        raws = []
+        for col_ids, col_s in zip(columns, col_scores, strict=True):
+            probe = Probe(
+                lambda x, _owner: self.model(x),
+                images,
+                act,
+                col_ids,
+                col_s.detach(),
+                self.batch_size,
+                self.progress,
+                self.seed,
+                desc=f"{info.name} {name}",
+            )
+            raws.append(info.fn(act, probe, **options))
+        if ids.ndim == 1:
+            return raws[0]
+        return torch.stack(raws, dim=1).reshape(-1, *raws[0].shape[1:])
 
     def _class_weights(
         self, act: Tensor, output: Any, ids: Tensor, capture: _Capture, name: str
     ) -> Tensor:
-        if not isinstance(output, Tensor) or bool(ids.lt(0).any()):
+        if bool(ids.lt(0).any()):
             raise TargetError("CAM explains a class of a classifier: pass class ids as target")
-        weight = find_gap_linear_head(act, output, capture.linears, name)
+        logits = primary_output(output)
+        weight = find_gap_linear_head(act, logits, capture.linears, name)
         return weight.detach()[ids].float()
 
     def _score_gradients(
         self, scores: Tensor, acts: list[Tensor], create_graph: bool
     ) -> tuple[Tensor, ...]:
         """dS/dA for every layer, with a clear error when S does not depend on one of them.
-        Call under ``torch.enable_grad()`` (the caller may be under ``torch.no_grad()``)."""
+        Call under ``torch.enable_grad()`` (the caller may be under ``torch.no_grad()``).
+
+        For scores (N, T) (several targets per image) the gradient of each column comes from
+        one batched backward (``is_grads_batched``): grads (T, N, ...)."""
         if not scores.requires_grad:
             raise TargetError(
                 "the target score does not depend on the explained layer(s) "
                 f"{self.layers}; pick a layer before the output that the score is computed from"
             )
-        grads = torch.autograd.grad(
-            scores.sum(), acts, allow_unused=True, create_graph=create_graph
-        )
+        if scores.ndim == 2:
+            T = scores.shape[1]
+            eye = torch.eye(T, device=scores.device, dtype=scores.dtype)
+            grad_outputs = eye[:, None, :].expand(T, scores.shape[0], T)
+            grads = torch.autograd.grad(
+                scores, acts, grad_outputs=grad_outputs, is_grads_batched=True, allow_unused=True
+            )
+        else:
+            grads = torch.autograd.grad(
+                scores.sum(), acts, allow_unused=True, create_graph=create_graph
+            )
         missing = [name for (name, _), g in zip(self._layers, grads, strict=True) if g is None]
         if missing:
             raise TargetError(
@@ -461,24 +662,37 @@ class Explainer:
 
     # -- gradient-free methods that re-run the part of the network after the layer --
 
-    def _run_layer_probe(self, images: Tensor, target: TargetSpec) -> Explanation:
+    def _run_layer_probe(self, images: Tensor, model_input: Any, target: TargetSpec) -> Explanation:
         info, batch = self.method, images.shape[0]
+        if isinstance(model_input, (list, tuple)):
+            raise InputError(f"{info.name} re-runs the network after the layer; pass a tensor")
         raws: list[Tensor] = []
-        first: tuple[Tensor, Tensor, Any] | None = None
+        first: tuple[Selection, Any] | None = None
         for name, module in self._layers:
             with torch.no_grad():
                 act, run = layer_runner(self.model, name, module, images)
-                if not isinstance(act, Tensor) or act.ndim != 4:
-                    raise LayerError(f"layer {name!r} does not output a (B, C, h, w) feature map")
+                if not isinstance(act, Tensor) or act.ndim != images.ndim:
+                    shape = tuple(act.shape) if isinstance(act, Tensor) else type(act).__name__
+                    raise LayerError(
+                        f"{info.name} zeroes channels of a channels-first feature map, but layer "
+                        f"{name!r} outputs {shape}; use a CNN layer, or gradcam / scorecam / "
+                        "layercam, which read any layout"
+                    )
+                layout = infer_layout(name, tuple(act.shape), tuple(images.shape[2:]), module)
+                if layout.kind != "channels_first" and self.layout_spec in (None, "nhwc"):
+                    raise LayerError(
+                        f"{info.name} zeroes channels of a channels-first feature map, but layer "
+                        f"{name!r} is {layout.name}; use gradcam / scorecam / layercam here"
+                    )
                 owner = torch.arange(batch, device=images.device)
                 output = run(act, owner)
-                scores, ids = self._select(target, output, batch, 0)
+                sel = self._select(target, output, batch, 0)
                 probe = Probe(
                     run,
                     images,
                     act,
-                    ids,
-                    scores,
+                    sel.ids,
+                    sel.scores,
                     self.batch_size,
                     self.progress,
                     self.seed,
@@ -486,27 +700,43 @@ class Explainer:
                 )
                 raws.append(info.fn(act.float(), probe, **self._fn_options))
             if first is None:
-                first = (scores, ids, output)
+                first = (sel, output)
         assert first is not None
-        scores, ids, output = first
-        logits = output if isinstance(output, Tensor) and output.ndim == 2 else None
-        return self._explanation(images, raws, ids, scores, logits)
+        sel, output = first
+        logits = _logits_or_none(output, batch)
+        return self._explanation(images, raws, sel.ids, sel.scores, logits, sel.extras)
 
-    # -- methods defined on the whole network (FullGrad, Guided Grad-CAM) --
+    # -- methods defined on the whole network (FullGrad, Guided Grad-CAM, attention methods) --
 
-    def _run_model_level(self, images: Tensor, target: TargetSpec) -> Explanation:
+    def _token_layout(self, images: Tensor, model_input: Any) -> Layout | None:
+        """The token layout of the first explained layer, when it holds tokens (one no-grad
+        forward the first time; attention methods map token relevance to the patch grid)."""
+        name, module = self._layers[0]
+        known = self.layout(name)
+        if known is None:
+            _, capture = self._forward(images, model_input, track_grads=False, linears=False)
+            known = self._layout_of(name, module, capture.acts[name], capture, images)
+        return known if known.kind == "tokens" else None
+
+    def _run_model_level(self, images: Tensor, model_input: Any, target: TargetSpec) -> Explanation:
         from camlens.cams.model_based import ModelCall
 
         batch = images.shape[0]
+        tokens = self._token_layout(images, model_input) if self.method.uses_tokens else None
         call = ModelCall(
             model=self.model,
             images=images,
             target=target,
-            score=lambda out: self._select(target, out, batch, 0),
+            score=lambda out: _pair(self._select(target, out, batch, 0)),
             layers=self._layers,
+            explain=lambda method, layers: Explainer(
+                self.model, method, [m for _, m in layers], layout=self.layout_spec
+            )(model_input, target),
+            to_grid=None if tokens is None else tokens.tokens_to_grid,
+            num_prefix=0 if tokens is None else tokens.prefix,
         )
         result = self.method.fn(call, **self._fn_options)
-        size = (images.shape[-2], images.shape[-1])
+        size = tuple(images.shape[2:])
         if result.maps is not None:
             maps = minmax(result.maps)
         else:
@@ -521,26 +751,80 @@ class Explainer:
             extras=result.extras,
         )
 
+    def _crop(self, raw: Tensor) -> Tensor:
+        """A detector's feature map covers the resized image plus padding to a multiple of 32:
+        keep the cells over the image, so the map lines up with it after upsampling."""
+        if self._frame is None:
+            return raw
+        padded, resized = self._frame
+        nd = len(padded)
+        if raw.ndim < nd + 1 or any(r > p for r, p in zip(resized, padded, strict=True)):
+            return raw
+        spatial = raw.shape[-nd:]
+        index = [slice(None)] * (raw.ndim - nd)
+        for cells, r, p in zip(spatial, resized, padded, strict=True):
+            index.append(slice(0, max(1, min(cells, math.ceil(cells * r / p)))))
+        return raw[tuple(index)]
+
     def _explanation(
-        self, images: Tensor, raws: list[Tensor], ids: Tensor, scores: Tensor, logits: Any
+        self,
+        images: Tensor,
+        raws: list[Tensor],
+        ids: Tensor,
+        scores: Tensor,
+        logits: Any,
+        extras: dict[str, Tensor] | None = None,
     ) -> Explanation:
-        size = (images.shape[-2], images.shape[-1])
+        size = tuple(images.shape[2:])
+        nd = len(size)
+        raws = [self._crop(r) for r in raws]
+        lead = raws[0].shape[: raws[0].ndim - nd]  # (B,) or (B, T)
+        flat = [r.reshape(-1, *r.shape[-nd:]) for r in raws]
         with torch.no_grad():
-            maps = to_heatmap(raws[0], size) if len(raws) == 1 else minmax(fuse_layers(raws, size))
+            maps = to_heatmap(flat[0], size) if len(flat) == 1 else minmax(fuse_layers(flat, size))
         return Explanation(
-            maps=maps,
+            maps=maps.view(*lead, *size),
             raw={name: raw for (name, _), raw in zip(self._layers, raws, strict=True)},
             targets=ids,
             scores=scores.detach(),
             layers=[name for name, _ in self._layers],
             method=self.method.name,
             logits=logits.detach() if isinstance(logits, Tensor) else None,
+            extras=dict(extras or {}),
         )
+
+
+class _Column(Target):
+    """Column ``t`` of a multi-target spec, for methods that explain one target per run."""
+
+    def __init__(self, target: TargetSpec, t: int):
+        self.target, self.t = target, t
+
+    def select(self, output: Any, batch: int, copies: int = 0, score: Any = None) -> Selection:
+        sel = select_scores(self.target, output, batch, copies, score)
+        if sel.scores.ndim == 1:
+            return sel
+        return Selection(sel.scores[:, self.t], sel.ids[:, self.t], sel.extras)
+
+
+def _pair(sel: Selection) -> tuple[Tensor, Tensor]:
+    return sel.scores, sel.ids
+
+
+def _logits_or_none(output: Any, batch: int) -> Tensor | None:
+    """The (B, classes) logits of a classifier's output (for Explanation.logits), else None."""
+    if is_detections(output):
+        return None
+    try:
+        out = primary_output(output)
+    except CamlensError:
+        return None
+    return out[:batch] if out.ndim == 2 else None
 
 
 def explain(
     model: nn.Module,
-    images: Tensor,
+    images: Tensor | list[Tensor],
     method: str = "gradcam",
     layer: LayerSpec = None,
     target: TargetSpec = None,
@@ -549,18 +833,23 @@ def explain(
     """Explain what ``model`` looked at in ``images``, with a CAM method.
 
     Args:
-        model: any PyTorch vision model; it is left exactly as it came (mode, flags, hooks).
-        images: (B, C, H, W) float tensor, preprocessed, on the model's device.
+        model: any PyTorch vision model (CNN, ViT, Swin, segmentation, detection, embedding,
+            3-D); it is left exactly as it came (mode, flags, hooks).
+        images: (B, C, H, W) float tensor, preprocessed, on the model's device; (B, C, D, H, W)
+            for volumes and video; a list of same-size (C, H, W) images for detectors.
         method: a registered name, see :func:`camlens.methods` ("cam", "gradcam", ...).
-        layer: None (the last spatial layer, found by one dry run), a dotted name from
-            ``model.named_modules()``, an nn.Module, or a list of these (maps fused as LayerCAM).
-        target: None (each image's top class), an int (one class for all), B ints, or a
-            callable ``output -> (B,) scores``.
+        layer: None (automatic, found by one dry run: the last feature map of a CNN, the input
+            norm of a ViT's last block, a backbone's last stage), a dotted name from
+            ``model.named_modules()``, an nn.Module, or a list of these (fused as LayerCAM).
+        target: None (each image's top class), an int, B ints, (B, T) ints,
+            ``camlens.targets.top(k)``, ``segmentation(...)``, ``similarity(...)``,
+            ``detections(...)``, or a callable ``output -> (B,) or (B, T) scores``.
 
-        options: ``batch_size``, ``progress``, ``seed``, ``smooth``, ``smooth_std`` and the
-            method's own options, see :class:`Explainer`.
+        options: ``layout``, ``batch_size``, ``progress``, ``seed``, ``smooth``,
+            ``smooth_std`` and the method's own options, see :class:`Explainer`.
 
     Returns:
-        an :class:`Explanation` with ``maps`` (B, H, W) in [0, 1] and ``raw`` maps per layer.
+        an :class:`Explanation` with ``maps`` (B, H, W) in [0, 1] ((B, T, H, W) for T targets
+        per image, (B, D, H, W) for volumes) and ``raw`` maps per layer.
     """
     return Explainer(model, method, layer, **options)(images, target)

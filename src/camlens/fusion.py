@@ -23,7 +23,7 @@ def fuse_layers(raws: list[Tensor], size: tuple[int, int], gamma: float = 2.0) -
     fused: Tensor | None = None
     for raw in raws:
         pos = raw.clamp(min=0)
-        peak = pos.flatten(1).amax(dim=1).view(-1, 1, 1)
+        peak = pos.flatten(1).amax(dim=1).view((-1,) + (1,) * (raw.ndim - 1))
         scaled = torch.tanh(gamma * pos / torch.where(peak > 0, peak, torch.ones_like(peak)))
         up = upsample(scaled, size)
         fused = up if fused is None else torch.maximum(fused, up)

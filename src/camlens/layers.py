@@ -10,7 +10,7 @@ from typing import Any, Union
 import torch
 from torch import Tensor, nn
 
-from camlens.errors import LayerError, LayerNotFoundError, UnsupportedModelError
+from camlens.errors import CamlensError, LayerError, LayerNotFoundError, UnsupportedModelError
 
 LayerSpec = Union[None, str, nn.Module, Sequence[Union[str, nn.Module]]]
 
@@ -26,7 +26,7 @@ def resolve_layers(model: nn.Module, spec: LayerSpec) -> list[tuple[str, nn.Modu
     """Resolve ``spec`` (a dotted name, a module, or a sequence of these) to (name, module) pairs.
 
     Names are those of ``model.named_modules()``; duplicates are dropped, order is kept.
-    ``spec=None`` is resolved by :func:`find_last_spatial_layer` instead.
+    ``spec=None`` is resolved by :func:`find_default_layer` instead.
     """
     by_name = dict(model.named_modules())
     by_module = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
@@ -63,38 +63,170 @@ def resolve_layers(model: nn.Module, spec: LayerSpec) -> list[tuple[str, nn.Modu
     return out
 
 
-@torch.no_grad()
-def find_last_spatial_layer(model: nn.Module, images: Tensor) -> str:
-    """The last layer whose output is still spatial, found by one dry run on the first image.
+_NORMS = (
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.instancenorm._InstanceNorm,
+)
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
-    "Last" in the order in which modules finish their forward (a container finishes after its
-    children, so ``layer4`` wins over ``layer4.1.relu``); "spatial" means a (B, C, h, w) tensor
-    with h * w > 1; the module must hold parameters, so that a parameter-free pooling that keeps
-    the spatial size (VGG's adaptive ``avgpool``) does not hide the feature extractor.
-    The model must already be in the state to explain (eval).
+
+def _search_root(model: nn.Module) -> str:
+    """Where the automatic layer is searched: the whole model, or for segmentation and detection
+    models (torchvision's ``backbone`` attribute) the backbone's body, never a head."""
+    backbone = getattr(model, "backbone", None)
+    if isinstance(backbone, nn.Module):
+        return (
+            "backbone.body."
+            if isinstance(getattr(backbone, "body", None), nn.Module)
+            else "backbone."
+        )
+    return ""
+
+
+def _reach_score(output: Any, head_input: Tensor | None) -> Tensor | None:
+    """A scalar for the dry run's gradient check: what reaches it reaches the score.
+
+    The input of the last linear layer that maps (B, D) features (the classifier head) when
+    there is one: with it the check does not depend on the head's weights (torchvision's ViT
+    initialises its head to zero, which would make every gradient of the output zero). Else the
+    largest output value per image.
     """
-    finished: list[str] = []
+    from camlens.layouts import is_detections, primary_output
+
+    if head_input is not None and head_input.requires_grad:
+        return head_input.float().square().sum()
+    if is_detections(output):
+        return None
+    try:
+        out = primary_output(output)
+    except CamlensError:
+        return None
+    if not out.is_floating_point() or not out.requires_grad:
+        return None
+    return out.flatten(1).float().amax(dim=1).sum()
+
+
+def find_default_layer(model: nn.Module, images: Any, call: Any = None) -> str:
+    """The layer ``layer=None`` explains, found by one dry run on the first image.
+
+    - CNNs: the last module (in the order modules finish their forward, so a container wins over
+      its children: ``layer4``, ``features``) whose output is a feature map (channels-first or
+      channels-last, see :mod:`camlens.layouts`) with more than one position, that holds
+      parameters (a parameter-free pooling that keeps the size, as VGG's ``avgpool``, does not
+      hide the feature extractor), is not a normalisation layer, and runs once.
+    - Transformers: the last LayerNorm whose output is patch tokens (B, N, C) and whose *patch*
+      tokens still reach the score (checked with one gradient on the dry run): the input norm of
+      the last block (``encoder_layer_11.ln_1``, ``blocks.11.norm1``, ``layernorm_before``) in
+      class-token models, where the final norm and the last MLP's norm reach the score only
+      through the class token. Never the patch embedding.
+    - Segmentation and detection models (a ``backbone`` attribute): the same rules inside the
+      backbone (its ``body`` with FPN), never a head, an FPN or a shared module.
+    The model must already be in the state to explain (eval). ``call(model, x)`` runs it
+    (default ``model(x)``); ``images`` is a (B, C, *spatial) tensor or a list of images.
+    """
+    from camlens.layouts import _fits, token_grid
+
+    first = images[:1]
+    if isinstance(first, Tensor):
+        probe = first.detach().clone().requires_grad_(first.is_floating_point())
+        spatial = tuple(first.shape[2:])
+    else:
+        probe = [im.detach().clone().requires_grad_(im.is_floating_point()) for im in first]
+        spatial = tuple(first[0].shape[1:])
+    root = _search_root(model)
+    events: list[tuple[str, nn.Module, Any, tuple[int, ...] | None]] = []
+    counts: dict[str, int] = {}
+    state: dict[str, Any] = {"grid": None, "inputs": spatial, "head": None}
     hooks = []
+
+    transform = getattr(model, "transform", None)
+    if isinstance(transform, nn.Module) and hasattr(transform, "postprocess"):
+        # torchvision detectors resize and pad the images first: feature maps follow that size
+        def t_hook(_m: nn.Module, _i: Any, out: Any) -> None:
+            tensors = getattr(out[0], "tensors", None) if isinstance(out, tuple) else None
+            if isinstance(tensors, Tensor):
+                state["inputs"] = tuple(tensors.shape[2:])
+
+        hooks.append(transform.register_forward_hook(t_hook))
+
+    def head_hook(_m: nn.Module, inputs: Any, _out: Any) -> None:
+        if inputs and isinstance(inputs[0], Tensor) and inputs[0].ndim == 2:
+            state["head"] = inputs[0]
+
     for name, module in model.named_modules():
-        if not name or next(module.parameters(), None) is None:
+        if not name:
+            continue
+        if isinstance(module, nn.Linear):
+            hooks.append(module.register_forward_hook(head_hook))
+        if isinstance(module, _CONVS):
+
+            def g_hook(_m: nn.Module, _i: Any, out: Any) -> None:
+                if isinstance(out, Tensor) and out.ndim >= 3:
+                    state["grid"] = tuple(out.shape[2:])
+
+            hooks.append(module.register_forward_hook(g_hook))
+        inside = name.startswith(root) or name == root[:-1]
+        if not inside or next(module.parameters(), None) is None:
             continue
 
-        def hook(_m: nn.Module, _i: Any, output: Any, name: str = name) -> None:
-            if isinstance(output, Tensor) and output.ndim == 4 and output.shape[-2:].numel() > 1:
-                finished.append(name)
+        def hook(m: nn.Module, _i: Any, out: Any, name: str = name) -> None:
+            counts[name] = counts.get(name, 0) + 1
+            if isinstance(out, Tensor):
+                events.append((name, m, out, state["grid"]))
 
         hooks.append(module.register_forward_hook(hook))
     try:
-        model(images[:1])
+        with torch.enable_grad():
+            output = model(probe) if call is None else call(model, probe)
+            spatial_cands: list[str] = []
+            token_cands: list[tuple[str, Tensor, int]] = []
+            order = {name: i for i, (name, *_rest) in enumerate(events)}
+            nd = len(state["inputs"])
+            for name, module, out, grid in events:
+                if counts[name] != 1:
+                    continue
+                shape = tuple(out.shape)
+                if out.ndim == nd + 2 and not isinstance(module, _NORMS):
+                    if (
+                        _fits(shape[2:], state["inputs"]) or _fits(shape[1:-1], state["inputs"])
+                    ) and (
+                        max(shape[2:]) > 1
+                        if _fits(shape[2:], state["inputs"])
+                        else max(shape[1:-1]) > 1
+                    ):
+                        spatial_cands.append(name)
+                elif out.ndim == 3 and isinstance(module, nn.LayerNorm) and out.requires_grad:
+                    found = token_grid(shape[1], state["inputs"], grid)
+                    if found is not None and found[1] and max(found[1]) > 1:
+                        token_cands.append((name, out, found[0]))
+            valid_tokens: list[str] = []
+            score = _reach_score(output, state["head"]) if token_cands else None
+            if score is not None:
+                grads = torch.autograd.grad(
+                    score, [o for _, o, _ in token_cands], allow_unused=True
+                )
+                for (name, _o, prefix), g in zip(token_cands, grads, strict=True):
+                    if g is not None and bool(g[:, prefix:].abs().sum() > 0):
+                        valid_tokens.append(name)
     finally:
         for h in hooks:
             h.remove()
-    if not finished:
+    found_all = spatial_cands + valid_tokens
+    if not found_all:
+        where = f" inside {root[:-1]!r}" if root else ""
         raise LayerError(
-            f"{type(model).__name__} has no layer with a spatial (B, C, h, w) output with h*w > 1, "
-            "so there is no feature map to explain automatically; pass layer= a module name"
+            f"{type(model).__name__} has no layer{where} with a spatial output (a (B, C, h, w) "
+            "feature map, channels-last map or patch tokens) that runs once, so there is no "
+            "feature map to explain automatically; pass layer= a module name"
         )
-    return finished[-1]
+    return max(found_all, key=lambda n: order[n])
+
+
+def find_last_spatial_layer(model: nn.Module, images: Tensor) -> str:
+    """The automatic layer: see :func:`find_default_layer` (kept for backwards compatibility)."""
+    return find_default_layer(model, images)
 
 
 @dataclass(frozen=True)
@@ -116,7 +248,7 @@ def find_gap_linear_head(
     call must have produced the logits from exactly the spatial mean of ``acts``. Raises
     :class:`UnsupportedModelError` otherwise (VGG, MobileNetV3, ConvNeXt: use Grad-CAM).
     """
-    pooled = acts.mean(dim=(2, 3))
+    pooled = acts.mean(dim=tuple(range(2, acts.ndim)))
     reasons = []
     for call in reversed(calls):
         if call.output.shape != logits.shape or not _close(call.output, logits):

@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from camlens.errors import TargetError
+from camlens.errors import CamlensError, TargetError
+from camlens.layouts import primary_output
 
 #: build(start, stop) -> (inputs for items start..stop-1, owner image index of each item)
 Builder = Callable[[int, int], tuple[Tensor, Tensor]]
@@ -71,6 +72,10 @@ class Probe:
                     stop = min(n, start + self.batch_size)
                     inputs, owner = build(start, stop)
                     logits = self._run(inputs, owner)
+                    try:
+                        logits = primary_output(logits)
+                    except CamlensError:
+                        logits = None
                     if not isinstance(logits, Tensor) or logits.ndim != 2:
                         raise TargetError(
                             "this method scores class logits, but the model's output is not a "

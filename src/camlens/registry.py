@@ -31,6 +31,8 @@ class MethodInfo:
         paper: the reference the implementation follows.
         score: optional ``(logits, class_ids, **options) -> (B,)``: the scalar explained instead
             of the logit (Finer-CAM's contrast with similar classes).
+        tokens: a model-level method that maps token relevance to the patch grid (attention
+            methods); the engine passes the token layout in its ``ModelCall``.
     """
 
     name: str
@@ -38,6 +40,12 @@ class MethodInfo:
     inputs: str
     paper: str
     score: Callable[..., Tensor] | None = None
+    tokens: bool = False
+
+    @property
+    def uses_tokens(self) -> bool:
+        """Whether the method reads a transformer's tokens (the engine hands it the token grid)."""
+        return self.tokens
 
     @property
     def needs_grads(self) -> bool:
@@ -58,7 +66,12 @@ _INPUTS = (
 
 
 def register(
-    name: str, *, inputs: str, paper: str, score: Callable[..., Tensor] | None = None
+    name: str,
+    *,
+    inputs: str,
+    paper: str,
+    score: Callable[..., Tensor] | None = None,
+    tokens: bool = False,
 ) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
     """Register ``fn`` under ``name``; returns ``fn`` unchanged so it stays a plain function."""
     if inputs not in _INPUTS:
@@ -67,7 +80,9 @@ def register(
     def decorator(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
         if name in _REGISTRY:
             raise ValueError(f"method {name!r} is registered twice")
-        _REGISTRY[name] = MethodInfo(name=name, fn=fn, inputs=inputs, paper=paper, score=score)
+        _REGISTRY[name] = MethodInfo(
+            name=name, fn=fn, inputs=inputs, paper=paper, score=score, tokens=tokens
+        )
         return fn
 
     return decorator

@@ -44,7 +44,7 @@ def ablationcam(acts: Tensor, probe: Probe, eps: float = 1e-7) -> Tensor:
     weights = torch.zeros(bsz, k_ch, device=acts.device)
     b, k = pairs[:, 0], pairs[:, 1]
     weights[b, k] = (y[b] - ablated_scores) / denom[b]
-    return torch.einsum("bk,bkhw->bhw", weights, acts)
+    return torch.einsum("bk,bk...->b...", weights, acts)
 
 
 @register(
@@ -61,14 +61,16 @@ def reciprocam(acts: Tensor, probe: Probe) -> Tensor:
     one-hot masks; no Gaussian smoothing kernel). One batched pass of the network after the
     layer per position. For a GAP + linear head, raw(i, j) = softmax(W A_ij / Z + b)_c.
     """
-    bsz, k_ch, h, w = acts.shape
+    bsz, k_ch = acts.shape[:2]
+    spatial = acts.shape[2:]
+    positions = spatial.numel()
     flat = acts.flatten(2)
 
     def build(start: int, stop: int) -> tuple[Tensor, Tensor]:
         idx = torch.arange(start, stop, device=acts.device)
-        b, p = idx // (h * w), idx % (h * w)
-        masked = torch.zeros(len(idx), k_ch, h * w, device=acts.device, dtype=acts.dtype)
+        b, p = idx // positions, idx % positions
+        masked = torch.zeros(len(idx), k_ch, positions, device=acts.device, dtype=acts.dtype)
         masked[torch.arange(len(idx), device=acts.device), :, p] = flat[b, :, p]
-        return masked.view(len(idx), k_ch, h, w), b
+        return masked.view(len(idx), k_ch, *spatial), b
 
-    return probe.scores(bsz * h * w, build, softmax=True).view(bsz, h, w)
+    return probe.scores(bsz * positions, build, softmax=True).view(bsz, *spatial)

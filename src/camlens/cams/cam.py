@@ -21,8 +21,9 @@ def cam(acts: Tensor, class_weights: Tensor) -> Tensor:
         M^c(i, j) = sum_k w^c_k A^k_ij
     so that sum_ij M^c(i, j) / Z + b^c = S^c.
 
-    acts: (B, K, h, w) activations of the layer followed by GAP + linear.
+    acts: (B, K, *spatial) activations of the layer followed by GAP + linear ((h, w) for
+    images, (d, h, w) for volumes).
     class_weights: (B, K), row c of the linear layer's weight for each image's class c.
-    Returns the raw map (B, h, w), before ReLU.
+    Returns the raw map (B, *spatial), before ReLU.
     """
-    return torch.einsum("bk,bkhw->bhw", class_weights, acts)
+    return torch.einsum("bk,bk...->b...", class_weights, acts)

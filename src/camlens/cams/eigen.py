@@ -11,18 +11,19 @@ from camlens.registry import register
 def first_component_projection(x: Tensor) -> Tensor:
     """Project each position's channel vector on the first right singular vector.
 
-    x: (B, K, h, w) -> (B, h, w). With X the (h*w, K) matrix of one image and X = U S V^T its
+    x: (B, K, *spatial) -> (B, *spatial) ((h, w) or, for volumes, (d, h, w)). With X the
+    (h*w, K) matrix of one image and X = U S V^T its
     SVD (torch batched SVD, no mean-centring, as in the Eigen-CAM paper), the map is X v_1.
     The sign of a singular vector is arbitrary; it is fixed so that the projection sums to a
     non-negative value (for non-negative activations v_1 can be chosen all non-negative, by
     Perron-Frobenius, and this rule picks that choice).
     """
-    b, k, h, w = x.shape
-    flat = x.reshape(b, k, h * w).transpose(1, 2).float()  # (B, hw, K)
+    b, k = x.shape[:2]
+    flat = x.reshape(b, k, -1).transpose(1, 2).float()  # (B, hw, K)
     _, _, vh = torch.linalg.svd(flat, full_matrices=False)
     proj = flat @ vh[:, 0, :, None]  # (B, hw, 1)
     sign = torch.where(proj.sum(dim=(1, 2), keepdim=True) < 0, -1.0, 1.0)
-    return (proj * sign).reshape(b, h, w)
+    return (proj * sign).reshape(b, *x.shape[2:])
 
 
 @register(

@@ -2,8 +2,8 @@
 
 Notation (as in the papers): A^k the k-th channel of the layer's activations, S^c the score of the
 explained class (the logit unless a target says otherwise), g^k_ij = dS^c / dA^k_ij, Z = h * w.
-Every function takes ``acts`` and ``grads`` of shape (B, K, h, w) and returns the raw map
-(B, h, w) before ReLU, normalisation and upsampling.
+Every function takes ``acts`` and ``grads`` of shape (B, K, *spatial) (h, w for images, d, h, w
+for volumes) and returns the raw map (B, *spatial) before ReLU, normalisation and upsampling.
 """
 
 from __future__ import annotations
@@ -12,6 +12,12 @@ import torch
 from torch import Tensor
 
 from camlens.registry import register
+
+
+def _spatial(x: Tensor) -> tuple[int, ...]:
+    """The spatial dimensions of a (B, K, *spatial) tensor: (2, 3) for images, (2, 3, 4) for
+    volumes. Every method here works over any number of them (Z = their product)."""
+    return tuple(range(2, x.ndim))
 
 
 @register(
@@ -26,7 +32,7 @@ def gradcam(acts: Tensor, grads: Tensor) -> Tensor:
 
     For a GAP + linear head, g^k_ij = w^c_k / Z, so raw = CAM / Z.
     """
-    alpha = grads.mean(dim=(2, 3), keepdim=True)
+    alpha = grads.mean(dim=_spatial(acts), keepdim=True)
     return (alpha * acts).sum(dim=1)
 
 
@@ -67,11 +73,11 @@ def gradcampp(
 
 def _gradcampp_map(acts: Tensor, d1: Tensor, d2: Tensor, d3: Tensor) -> Tensor:
     """sum_k w_k A^k with w_k = sum_ij a_ij ReLU(d1_ij), a = d2 / (2 d2 + sum_ab A_ab d3)."""
-    sum_acts = acts.sum(dim=(2, 3), keepdim=True)
+    sum_acts = acts.sum(dim=_spatial(acts), keepdim=True)
     denom = 2 * d2 + sum_acts * d3
     nonzero = denom != 0
     alpha = torch.where(nonzero, d2 / torch.where(nonzero, denom, torch.ones_like(denom)), 0.0)
-    weights = (alpha * d1.clamp(min=0)).sum(dim=(2, 3), keepdim=True)
+    weights = (alpha * d1.clamp(min=0)).sum(dim=_spatial(acts), keepdim=True)
     return (weights * acts).sum(dim=1)
 
 
@@ -120,9 +126,11 @@ def xgradcam(acts: Tensor, grads: Tensor) -> Tensor:
     A channel whose activations sum to 0 gets w_k = 0 (it adds nothing to the map either when
     it is all zero, the post-ReLU case). For a GAP + linear head, w_k = w^c_k / Z: Grad-CAM.
     """
-    total = acts.sum(dim=(2, 3), keepdim=True)
+    total = acts.sum(dim=_spatial(acts), keepdim=True)
     safe = torch.where(total != 0, total, torch.ones_like(total))
-    weights = torch.where(total != 0, (acts / safe * grads).sum(dim=(2, 3), keepdim=True), 0.0)
+    weights = torch.where(
+        total != 0, (acts / safe * grads).sum(dim=_spatial(acts), keepdim=True), 0.0
+    )
     return (weights * acts).sum(dim=1)
 
 
@@ -156,7 +164,7 @@ def shapleycam(acts: Tensor, grads: Tensor, hvp: Tensor) -> Tensor:
     product (double backward). Where S is piecewise linear in A (ReLU networks, logit target)
     H A = 0 and ShapleyCAM equals Grad-CAM; it differs for smooth heads (GELU, SiLU, softmax).
     """
-    weights = (grads - 0.5 * hvp).mean(dim=(2, 3), keepdim=True)
+    weights = (grads - 0.5 * hvp).mean(dim=_spatial(acts), keepdim=True)
     return (weights * acts).sum(dim=1)
 
 

@@ -16,20 +16,36 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from camlens.errors import InputError
 from camlens.maps import upsample
 from camlens.registry import register
 
 
 @dataclass
 class ModelCall:
-    """What a model-level method gets: the model (in eval mode), the images, the target as the
-    user gave it, ``score(output) -> (scores (B,), class ids (B,))``, and the resolved layers."""
+    """What a model-level method gets from the engine.
+
+    Attributes:
+        model: the model, in eval mode (the engine restores it afterwards).
+        images: (B, C, *spatial) the images.
+        target: the target as the user gave it.
+        score: ``output -> (scores (B,), class ids (B,))``.
+        layers: the resolved (name, module) layers.
+        explain: ``(method name, layers) -> Explanation``: another method on the same images and
+            target (Guided Grad-CAM's Grad-CAM), so that no method imports the engine.
+        to_grid: for token models, per-token values (B, N) -> (B, *grid) (prefix tokens
+            dropped); None otherwise.
+        num_prefix: the number of prefix tokens (class, distillation, register tokens).
+    """
 
     model: nn.Module
     images: Tensor
     target: Any
     score: Callable[[Any], tuple[Tensor, Tensor]]
     layers: list[tuple[str, nn.Module]]
+    explain: Callable[[str, list[tuple[str, nn.Module]]], Any] | None = None
+    to_grid: Callable[[Tensor], Tensor] | None = None
+    num_prefix: int = 0
 
 
 @dataclass
@@ -98,6 +114,11 @@ def fullgrad(call: ModelCall) -> ModelResult:
     raw map is at the input's resolution (key ``"input"``).
     """
     model, images = call.model, call.images
+    if images.ndim != 4:
+        raise InputError(
+            f"fullgrad is defined here for images (B, C, H, W), got {tuple(images.shape)}; for "
+            "volumes use gradcam, gradcampp, layercam, hirescam, xgradcam, cam or scorecam"
+        )
     biased = [(n, m, b) for n, m in model.named_modules() if (b := _effective_bias(m)) is not None]
     outs: list[tuple[Tensor, Tensor, bool]] = []
 
@@ -190,10 +211,10 @@ def guided_gradcam(call: ModelCall) -> ModelResult:
     Batched; the ReLUs are intercepted with a TorchFunctionMode, so no module is swapped or
     mutated. Only ReLU is guided; other activations backpropagate as usual.
     """
-    from camlens.engine import Explainer
-
     model, images = call.model, call.images
-    cam = Explainer(model, "gradcam", [m for _, m in call.layers])(images, call.target)
+    if call.explain is None:
+        raise ValueError("guided_gradcam needs the engine's explain callback (ModelCall.explain)")
+    cam = call.explain("gradcam", call.layers)
     x = images.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         with _GuidedBackprop():

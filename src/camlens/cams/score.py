@@ -25,8 +25,8 @@ def _informative(acts: Tensor, rel_eps: float = 1e-6) -> Tensor:
     return (hi - lo) > rel_eps * torch.maximum(hi.abs(), lo.abs())
 
 
-def _masks(acts: Tensor, b: Tensor, k: Tensor, size: tuple[int, int]) -> Tensor:
-    """H^k of the (b, k) pairs: (m, 1, H, W)."""
+def _masks(acts: Tensor, b: Tensor, k: Tensor, size: tuple[int, ...]) -> Tensor:
+    """H^k of the (b, k) pairs: (m, 1, *size)."""
     return minmax(upsample(acts[b, k], size))[:, None]
 
 
@@ -51,7 +51,7 @@ def _channel_scores(probe: Probe, repeats: int, make, every_channel: bool = Fals
     """
     acts, images = probe.acts, probe.images
     bsz, k_ch = acts.shape[:2]
-    size = (images.shape[-2], images.shape[-1])
+    size = tuple(images.shape[2:])
     keep = torch.ones(bsz, k_ch, dtype=torch.bool, device=acts.device)
     pairs = (keep if every_channel else _informative(acts)).nonzero()  # (N, 2), row-major
     n = pairs.shape[0] * repeats

@@ -1,0 +1,309 @@
+"""Layouts: how a captured activation becomes (B, K, *spatial), and how an output becomes scores.
+
+The methods in :mod:`camlens.cams` see only channels-first tensors (B, K, *spatial). Layers of
+other models are not shaped like that:
+
+- transformer tokens (B, N, C): N = prefix tokens (class, distillation, register tokens) +
+  h * w patch tokens;
+- channels-last maps (B, h, w, C), as in Swin and inside ConvNeXt blocks;
+- volumes and video (B, C, d, h, w).
+
+A :class:`Layout` turns such an activation (and its gradient, which has the same shape) into
+(B, K, *spatial). Layouts are *decided*, never guessed from which dimension is larger: the token
+grid comes from the patch embedding's output seen in the same forward pass (or, failing that,
+from the input size); channels-first versus channels-last comes from the geometry of the input
+(spatial dimensions shrink with the input by one common stride, so a channel count cannot pass
+for a spatial size), and when both readings fit, from the module that produced the tensor. What
+cannot be decided raises an error that names the ``layout=`` option.
+
+The second half of this module turns a model's output (a tensor, a dict or HF ``ModelOutput``
+with ``logits``, torchvision segmentation's ``{"out": ...}``, a tuple) into the tensor that
+class targets read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Union
+
+from torch import Tensor, nn
+
+from camlens.errors import LayerError, UnsupportedModelError
+
+LAYOUTS = ("nchw", "nhwc", "tokens")
+LayoutSpec = Union[None, str, Callable[[Tensor], Tensor]]
+
+#: the most prefix tokens (class + distillation + register tokens) a token layer may have
+MAX_PREFIX = 16
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How to read one layer's activation as (B, K, *spatial).
+
+    Attributes:
+        kind: ``"channels_first"`` (B, K, *spatial), ``"channels_last"`` (B, *spatial, K),
+            ``"tokens"`` (B, N, K) with ``prefix`` leading tokens and the rest on ``grid``, or
+            ``"custom"`` (``fn``).
+        prefix: tokens before the patch tokens (class, distillation, register tokens).
+        grid: the spatial shape of the patch tokens, e.g. (14, 14).
+        fn: the user's callable for ``"custom"``: activation -> (B, K, *spatial).
+    """
+
+    kind: str
+    prefix: int = 0
+    grid: tuple[int, ...] = ()
+    fn: Callable[[Tensor], Tensor] | None = None
+
+    @property
+    def name(self) -> str:
+        return {"channels_first": "nchw", "channels_last": "nhwc"}.get(self.kind, self.kind)
+
+    def to_spatial(self, x: Tensor) -> Tensor:
+        """(B, K, *spatial) view of an activation or of its gradient (the same re-indexing)."""
+        if self.kind == "channels_first":
+            return x
+        if self.kind == "channels_last":
+            return x.movedim(-1, 1)
+        if self.kind == "tokens":
+            patches = x[:, self.prefix :, :]
+            return patches.transpose(1, 2).reshape(x.shape[0], x.shape[-1], *self.grid)
+        assert self.fn is not None
+        out = self.fn(x)
+        if not isinstance(out, Tensor) or out.ndim < 3 or out.shape[0] != x.shape[0]:
+            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise LayerError(
+                f"layout callable returned {shape}; it must map the activation "
+                f"{tuple(x.shape)} to (B, K, *spatial) with the same batch size"
+            )
+        return out
+
+    def tokens_to_grid(self, values: Tensor) -> Tensor:
+        """Per-token values (B, N) -> (B, *grid), dropping the prefix tokens."""
+        if self.kind != "tokens":
+            raise LayerError(f"a {self.name} layer has no tokens")
+        return values[:, self.prefix :].reshape(values.shape[0], *self.grid)
+
+
+def _fits(spatial: tuple[int, ...], inputs: tuple[int, ...]) -> bool:
+    """Whether ``spatial`` can be the input's spatial shape divided by one common stride.
+
+    Each feature dimension d_i of a network with total stride s is D_i / s up to the rounding
+    of padded or unpadded convolutions and pooling: d_i - 1 <= D_i / s <= d_i + 1. The strides
+    allowed by each dimension must overlap, and no feature dimension exceeds the input's. For
+    volumes and video (three dimensions) the first one (depth, time) may have its own stride,
+    as video networks downsample time differently: only (h, w) must share one.
+    """
+    if len(spatial) != len(inputs) or not spatial or min(spatial) < 1:
+        return False
+    if any(d > big for d, big in zip(spatial, inputs, strict=True)):
+        return False
+    if len(spatial) == 3:
+        spatial, inputs = spatial[1:], inputs[1:]
+    low = max(big / (d + 1) for d, big in zip(spatial, inputs, strict=True))
+    high = min(big / max(d - 1, 0.5) for d, big in zip(spatial, inputs, strict=True))
+    return low <= high
+
+
+def _channels(module: nn.Module) -> tuple[str, int] | None:
+    """("first", C) or ("last", C) for a module that fixes where its output's channels are."""
+    if isinstance(
+        module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+    ):
+        return "first", module.out_channels
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return "first", module.num_features
+    if isinstance(module, nn.GroupNorm):
+        return "first", module.num_channels
+    if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) == 1:
+        return "last", module.normalized_shape[0]
+    if isinstance(module, nn.Linear):
+        return "last", module.out_features
+    return None
+
+
+def _module_hint(module: nn.Module | None, shape: tuple[int, ...]) -> str | None:
+    """What the producing module says about the channel dimension, or None.
+
+    The module itself, or for a container its last submodule with parameters (the last layer
+    of a block): a convolution or batch norm with C == shape[1] says channels-first; a linear
+    layer or layer norm with C == shape[-1] says channels-last.
+    """
+    if module is None:
+        return None
+    leaves = [m for m in module.modules() if next(m.parameters(recurse=False), None) is not None]
+    for candidate in ([module] if _channels(module) else []) + leaves[::-1][:1]:
+        found = _channels(candidate)
+        if found is None:
+            continue
+        where, channels = found
+        if where == "first" and channels == shape[1]:
+            return "channels_first"
+        if where == "last" and channels == shape[-1]:
+            return "channels_last"
+    return None
+
+
+def _layout_help(name: str, shape: tuple[int, ...], why: str) -> LayerError:
+    return LayerError(
+        f"cannot tell how to read layer {name!r} with output {shape}: {why}. Say it with "
+        "layout='nchw' (B, C, h, w), 'nhwc' (B, h, w, C), 'tokens' (B, N, C) or a callable "
+        "activation -> (B, C, h, w) (like pytorch-grad-cam's reshape_transform)"
+    )
+
+
+def token_grid(
+    tokens: int, inputs: tuple[int, ...], patch_grid: tuple[int, ...] | None
+) -> tuple[int, tuple[int, ...]] | None:
+    """(prefix, grid) for a token layer of ``tokens`` tokens, or None.
+
+    The grid is the patch embedding's output grid seen in the same forward pass (the last
+    channels-first feature map before the tokens), when the tokens are that many patches plus at
+    most :data:`MAX_PREFIX` prefix tokens. Without one (or when it does not fit), the grid is the
+    input's spatial shape divided by the smallest patch size that tiles it exactly and leaves
+    0..MAX_PREFIX prefix tokens (and no more prefix tokens than half the patches).
+    """
+    if patch_grid:
+        n = 1
+        for d in patch_grid:
+            n *= d
+        if 0 <= tokens - n <= MAX_PREFIX:
+            return tokens - n, tuple(patch_grid)
+    for stride in range(1, max(inputs) + 1):
+        if any(big % stride for big in inputs):
+            continue  # patches tile the input exactly
+        grid = tuple(big // stride for big in inputs)
+        n = 1
+        for d in grid:
+            n *= d
+        if n >= 4 and 0 <= tokens - n <= min(MAX_PREFIX, n // 2):
+            return tokens - n, grid
+    return None
+
+
+def infer_layout(
+    name: str,
+    shape: tuple[int, ...],
+    inputs: tuple[int, ...],
+    module: nn.Module | None = None,
+    patch_grid: tuple[int, ...] | None = None,
+    spec: LayoutSpec = None,
+) -> Layout:
+    """Decide how to read an activation of ``shape`` from layer ``name``.
+
+    Args:
+        shape: the activation's shape, e.g. (B, 197, 768) or (B, 7, 7, 768).
+        inputs: the input's spatial shape, e.g. (224, 224) or (16, 112, 112).
+        module: the module that produced it (a hint when the geometry allows both readings).
+        patch_grid: the spatial shape of the last channels-first map before the tokens.
+        spec: the user's ``layout=``: None (decide), "nchw", "nhwc", "tokens" or a callable.
+    """
+    shape = tuple(int(s) for s in shape)
+    if callable(spec):
+        return Layout("custom", fn=spec)
+    if spec is not None and spec not in LAYOUTS:
+        raise LayerError(f"layout must be one of {LAYOUTS} or a callable, got {spec!r}")
+    nd = len(inputs)
+    if len(shape) == 3 and spec in (None, "tokens"):
+        found = token_grid(shape[1], inputs, patch_grid)
+        if found is None:
+            raise _layout_help(
+                name,
+                shape,
+                f"{shape[1]} tokens are not a grid of patches of the {inputs} input (plus at "
+                f"most {MAX_PREFIX} prefix tokens)",
+            )
+        return Layout("tokens", prefix=found[0], grid=found[1])
+    if spec == "tokens":
+        raise _layout_help(name, shape, "layout='tokens' needs a (B, N, C) activation")
+    if len(shape) != nd + 2:
+        raise _layout_help(
+            name,
+            shape,
+            f"the input has {nd} spatial dimensions {inputs}, so a feature map has {nd + 2} "
+            "dimensions (or 3 for tokens)",
+        )
+    if spec == "nchw":
+        return Layout("channels_first")
+    if spec == "nhwc":
+        return Layout("channels_last")
+    first = _fits(shape[2:], inputs)
+    last = _fits(shape[1:-1], inputs)
+    if first and last and (shape[2:] == inputs) != (shape[1:-1] == inputs):
+        first, last = shape[2:] == inputs, shape[1:-1] == inputs  # full resolution: exact
+    if first and not last:
+        return Layout("channels_first")
+    if last and not first:
+        return Layout("channels_last")
+    if first and last:
+        hint = _module_hint(module, shape)
+        if hint is not None:
+            return Layout(hint)
+        raise _layout_help(
+            name,
+            shape,
+            f"both (C, *spatial) and (*spatial, C) fit the {inputs} input and the module "
+            f"({type(module).__name__}) does not say which",
+        )
+    raise _layout_help(
+        name,
+        shape,
+        f"neither {shape[2:]} nor {shape[1:-1]} is a feature grid of the {inputs} input",
+    )
+
+
+# -- outputs ----------------------------------------------------------------------------------
+
+
+def describe(output: Any) -> str:
+    """A short description of a model output for error messages."""
+    if isinstance(output, Tensor):
+        return f"a tensor of shape {tuple(output.shape)}"
+    if isinstance(output, Mapping):
+        return f"a {type(output).__name__} with keys {list(output)[:8]}"
+    if isinstance(output, (list, tuple)):
+        inner = describe(output[0]) if output else "nothing"
+        return f"a {type(output).__name__} of {len(output)} ({inner}, ...)"
+    return f"a {type(output).__name__}"
+
+
+def is_detections(output: Any) -> bool:
+    """A torchvision detector's output: a list of dicts with ``boxes``, ``labels``, ``scores``."""
+    return (
+        isinstance(output, (list, tuple))
+        and len(output) > 0
+        and all(isinstance(o, Mapping) and "boxes" in o and "scores" in o for o in output)
+    )
+
+
+def primary_output(output: Any) -> Tensor:
+    """The tensor that class targets read from a model's output.
+
+    - a tensor: itself ((B, classes) logits, (B, classes, H, W) segmentation logits, (B, D)
+      embeddings);
+    - a dict or HF ``ModelOutput`` with ``logits``: the logits;
+    - torchvision segmentation's dict: ``out`` (``aux`` is ignored);
+    - a tuple or list whose first element is one of these: the first element.
+    Anything else (a detector's list of dicts included) raises an error that names ``target=``.
+    """
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, Mapping):
+        for key in ("logits", "out"):
+            value = output.get(key)
+            if isinstance(value, Tensor):
+                return value
+    elif isinstance(output, (tuple, list)) and output and not is_detections(output):
+        first = output[0]
+        if isinstance(first, Tensor) or isinstance(first, Mapping):
+            return primary_output(first)
+    hint = (
+        "pass target=camlens.targets.detections(...) to explain a detector's boxes"
+        if is_detections(output)
+        else "pass target= a callable output -> (B,) or (B, T) scores"
+    )
+    raise UnsupportedModelError(
+        f"the model returned {describe(output)}, which has no logits (a tensor, or a dict / "
+        f"ModelOutput with 'logits' or 'out'); {hint}"
+    )
