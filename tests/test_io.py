@@ -82,3 +82,14 @@ def test_preprocess_with_explicit_mean_std_and_bicubic() -> None:
         preprocess([img], 16, mean=(0.5, 0.5, 0.5))
     with pytest.raises(InputError, match="unknown interpolation"):
         preprocess([img], 16, interpolation="lanczos")
+
+
+def test_preprocess_resize_pair_warps_then_crops() -> None:
+    img = Image.new("RGB", (40, 20))
+    img.paste((255, 255, 255), (0, 0, 10, 20))  # the left quarter white
+    x = preprocess([img], 8, (10, 10), "none")
+    # warped to 10 x 10 (the whole width kept: white in columns 0..2), crop 8: columns 1..8
+    assert x.shape == (1, 3, 8, 8)
+    assert float(x[0, 0, 4, 0]) == 1.0 and float(x[0, 0, 4, 7]) == 0.0
+    y = preprocess([img], 8, 10, "none")  # shorter side to 10: 20 x 10, crop columns 6..13
+    assert float(y.max()) == 0.0

@@ -278,3 +278,24 @@ def test_hf_base_model_without_a_head_is_refused(tmp_path) -> None:
     ViTModel(config).save_pretrained(tmp_path)
     with pytest.raises(UnsupportedModelError, match=r"lack 2 parameters.*ViTModel"):
         build_model(f"hf:{tmp_path}")
+
+
+def test_hf_deit_style_processor_resizes_exactly_then_crops(tmp_path) -> None:
+    from transformers import DeiTImageProcessor
+
+    _save_hf_resnet(tmp_path)
+    (tmp_path / "preprocessor_config.json").unlink()
+    DeiTImageProcessor(
+        size={"height": 40, "width": 40}, crop_size={"height": 32, "width": 32}
+    ).save_pretrained(tmp_path)
+    spec = build_model(f"hf:{tmp_path}")
+    assert (spec.size, spec.resize) == (32, (40, 40))
+    assert spec.preprocess([Image.new("RGB", (100, 50))]).shape == (1, 3, 32, 32)
+
+
+def test_hf_half_precision_checkpoint_runs_in_float32(tmp_path) -> None:
+    saved = _save_hf_resnet(tmp_path)
+    saved.half().save_pretrained(tmp_path)
+    spec = build_model(f"hf:{tmp_path}")
+    assert all(p.dtype == torch.float32 for p in spec.model.parameters())
+    assert logits(spec.model(torch.zeros(1, 3, 64, 64))).dtype == torch.float32

@@ -82,7 +82,7 @@ def shapes_data(n: int, instances: int = 1, seed: int = 2027, size: int = 96) ->
 def folder_data(
     folder: Path,
     size: int,
-    resize: int | None,
+    resize: int | tuple[int, int] | None,
     preset: str,
     masks_dir: str = "masks",
     *,
@@ -126,7 +126,8 @@ def folder_data(
         if resize is None:
             t = TF.resize(t, [size, size], TF.InterpolationMode.NEAREST)
         else:
-            t = TF.resize(t, resize, TF.InterpolationMode.NEAREST)
+            target = resize if isinstance(resize, int) else [int(v) for v in resize]
+            t = TF.resize(t, target, TF.InterpolationMode.NEAREST)
             t = TF.center_crop(t, [size, size])
         masks[i], has[i] = t[0] > 0, True
     desc = f"{folder} ({len(files)} images, {int(has.sum())} with masks)"

@@ -34,7 +34,7 @@ def load_image(path: str | Path) -> Image.Image:
 def preprocess(
     images: Sequence[Image.Image],
     size: int = 224,
-    resize: int | None = 256,
+    resize: int | tuple[int, int] | None = 256,
     preset: str = "imagenet",
     *,
     mean: Sequence[float] | None = None,
@@ -43,7 +43,9 @@ def preprocess(
 ) -> Tensor:
     """PIL images -> (B, 3, size, size) float tensor.
 
-    Shorter side resized to ``resize`` (antialiased), centre crop ``size``, scaled to [0, 1],
+    Shorter side resized to ``resize`` (antialiased; a pair (h, w) resizes to exactly that, as
+    timm's "squash" crop mode and DeiT-style image processors do), centre crop ``size``, scaled
+    to [0, 1],
     normalised as ``(x - mean) / std`` with the preset's statistics ("imagenet", "inception",
     "clip", or "none" to keep [0, 1]) or, when given, the explicit ``mean`` and ``std`` (one
     value per channel; the preset is then ignored). With ``resize=None`` the image is resized
@@ -80,7 +82,8 @@ def preprocess(
         if resize is None:
             t = TF.resize(t, [size, size], mode, antialias=True)
         else:
-            t = TF.center_crop(TF.resize(t, resize, mode, antialias=True), [size, size])
+            target = resize if isinstance(resize, int) else [int(v) for v in resize]
+            t = TF.center_crop(TF.resize(t, target, mode, antialias=True), [size, size])
         if interpolation == "bicubic":
             t = t.clamp(0, 1)
         if stats is not None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from camlens.errors import CamlensError, InputError, UnsupportedModelError
@@ -38,7 +39,8 @@ class ModelSpec:
     """A model ready to explain, with what the CLI needs to feed and label it.
 
     Images are prepared as :func:`camlens.io.preprocess` does: shorter side to ``resize``
-    (``None``: straight to ``size`` x ``size``), centre crop ``size``, then normalised with
+    (a pair (h, w): exactly that; ``None``: straight to ``size`` x ``size``), centre crop
+    ``size``, then normalised with
     ``mean``/``std`` when they are given, else with the named ``preset``.
     """
 
@@ -46,7 +48,7 @@ class ModelSpec:
     name: str
     classes: list[str] = field(default_factory=list)
     size: int = 224
-    resize: int | None = 256
+    resize: int | tuple[int, int] | None = 256
     preset: str = "imagenet"
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
@@ -244,12 +246,13 @@ def _build_timm(name: str, weights: str | None) -> ModelSpec:
     config = resolve_data_config({}, model=model)
     size = _square(config["input_size"][1:], f"timm:{name}'s input size")
     crop_pct = float(config.get("crop_pct") or 1.0)
-    resize = math.floor(size / crop_pct)
+    scale = math.floor(size / crop_pct)
+    # timm's eval transform: "squash" resizes to (scale, scale), "center" (and, close enough,
+    # "border") the shorter side to scale; then a centre crop of size
+    resize: int | tuple[int, int] = (scale, scale) if config.get("crop_mode") == "squash" else scale
     interpolation = str(config.get("interpolation", "bilinear"))
     if interpolation not in ("bilinear", "bicubic", "nearest"):
         interpolation = "bilinear"
-    if config.get("crop_mode", "center") != "center" and crop_pct == 1.0:
-        resize = None  # squash/border at crop_pct 1 keep the whole image
     return ModelSpec(
         model.eval(),
         f"timm:{name}",
@@ -373,6 +376,8 @@ def _build_hf(directory: str, weights: str | None) -> ModelSpec:
     finally:
         if quiet:
             bars.enable_progress_bar()
+    if any(p.is_floating_point() and p.dtype != torch.float32 for p in model.parameters()):
+        model = model.float()  # checkpoints saved in half precision load as saved in v5
     missing = sorted(info.get("missing_keys") or [])
     if missing:
         archs = raw_config.get("architectures") or ["?"]
@@ -407,7 +412,9 @@ def _hf_preprocessing(path: Path, config: Any) -> dict[str, Any]:
     ``shortest_edge`` with ``crop_pct`` (ConvNeXt/ResNet processors) resizes the shorter side
     to ``shortest_edge / crop_pct`` and centre crops ``shortest_edge`` (below 384, else warps);
     ``shortest_edge`` with ``do_center_crop`` (CLIP, BiT) resizes the shorter side and crops
-    ``crop_size``. Without the file: the config's ``image_size``, ImageNet statistics.
+    ``crop_size``; {height, width} with ``do_center_crop`` (DeiT, BEiT) resizes to exactly
+    that and crops ``crop_size``. Without the file: the config's ``image_size``, ImageNet
+    statistics.
     """
     file = path / "preprocessor_config.json"
     if not file.is_file():
@@ -420,7 +427,7 @@ def _hf_preprocessing(path: Path, config: Any) -> dict[str, Any]:
     where = f"{file.name}"
     size_value = proc.get("size", getattr(config, "image_size", 224))
     size = _hf_size(size_value, f"{where} size")
-    resize: int | None = None
+    resize: int | tuple[int, int] | None = None
     shortest = isinstance(size_value, Mapping) and "shortest_edge" in size_value
     if shortest and proc.get("crop_pct") is not None:
         if size < 384:
@@ -430,7 +437,7 @@ def _hf_preprocessing(path: Path, config: Any) -> dict[str, Any]:
         if proc.get("do_center_crop", True) and proc.get("crop_size") is not None:
             size = _hf_size(proc["crop_size"], f"{where} crop_size")
     elif proc.get("do_center_crop") and proc.get("crop_size") is not None:
-        resize = size
+        resize = (size, size)  # DeiT/BEiT processors: resize to exactly (h, w), then crop
         size = _hf_size(proc["crop_size"], f"{where} crop_size")
     if proc.get("do_resize") is False:
         raise UnsupportedModelError(
