@@ -211,7 +211,7 @@ def _build_timm(name: str, weights: str | None) -> ModelSpec:
     Preprocessing follows the model's data config (``timm.data.resolve_data_config``): input
     size, mean/std, ``crop_pct`` (resize the shorter side to ``floor(size / crop_pct)``, then
     centre crop, as timm's eval transform) and interpolation. A state dict whose classifier has
-    another number of classes than the default head rebuilds the model with that many.
+    another number of classes than the default head gets a classifier of that size.
     """
     timm = _import_extra("timm", "timm")
     from timm.data import resolve_data_config
