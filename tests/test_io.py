@@ -6,6 +6,7 @@ import pickle
 
 import pytest
 import torch
+import torchvision.transforms.functional as TF
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -64,3 +65,31 @@ def test_mismatched_weights(tmp_path) -> None:
     save_file({"other.weight": torch.zeros(1)}, str(tmp_path / "x.safetensors"))
     with pytest.raises(CheckpointError, match="missing keys"):
         load_weights(GapNet(), tmp_path / "x.safetensors")
+
+
+def test_preprocess_with_explicit_mean_std_and_bicubic() -> None:
+    img = Image.new("RGB", (40, 30), (51, 102, 204))
+    x = preprocess([img], 16, 20, mean=(0.1, 0.2, 0.3), std=(0.5, 0.5, 0.5))
+    expected = (torch.tensor([0.2, 0.4, 0.8]) - torch.tensor([0.1, 0.2, 0.3])) / 0.5
+    assert torch.allclose(x[0, :, 8, 8], expected, atol=1e-5)
+    edge = torch.zeros(3, 8, 8, dtype=torch.uint8)
+    edge[:, :, 4:] = 255  # a hard edge: bicubic upsampling overshoots it by about 7%
+    sharp = TF.to_pil_image(edge)
+    y = preprocess([sharp], 16, None, "none", interpolation="bicubic")
+    assert y.shape == (1, 3, 16, 16) and float(y.min()) == 0 and float(y.max()) == 1
+    assert not torch.equal(y, preprocess([sharp], 16, None, "none"))  # not bilinear
+    with pytest.raises(InputError, match="both be given"):
+        preprocess([img], 16, mean=(0.5, 0.5, 0.5))
+    with pytest.raises(InputError, match="unknown interpolation"):
+        preprocess([img], 16, interpolation="lanczos")
+
+
+def test_preprocess_resize_pair_warps_then_crops() -> None:
+    img = Image.new("RGB", (40, 20))
+    img.paste((255, 255, 255), (0, 0, 10, 20))  # the left quarter white
+    x = preprocess([img], 8, (10, 10), "none")
+    # warped to 10 x 10 (the whole width kept: white in columns 0..2), crop 8: columns 1..8
+    assert x.shape == (1, 3, 8, 8)
+    assert float(x[0, 0, 4, 0]) == 1.0 and float(x[0, 0, 4, 7]) == 0.0
+    y = preprocess([img], 8, 10, "none")  # shorter side to 10: 20 x 10, crop columns 6..13
+    assert float(y.max()) == 0.0

@@ -23,8 +23,8 @@ def _fail(message: str) -> None:
 
 
 def _warn_random_weights(args: argparse.Namespace) -> None:
-    """A torchvision model without --weights has random weights: say so once, on stderr."""
-    if args.weights is None and args.model != "demo":
+    """A torchvision or timm model without --weights has random weights: say so once."""
+    if args.weights is None and args.model != "demo" and not args.model.startswith("hf:"):
         print(
             f"camlens: warning: {args.model} has random weights (pass --weights DEFAULT or PATH)",
             file=sys.stderr,
@@ -81,8 +81,9 @@ def _unique_stems(paths: Sequence[Path]) -> list[str]:
 def _cmd_explain(args: argparse.Namespace) -> int:
     import camlens
     from camlens.errors import CamlensError
-    from camlens.io import load_image, preprocess
+    from camlens.io import load_image
     from camlens.models import build_model
+    from camlens.models import logits as model_logits
     from camlens.viz import overlay, save_raw
 
     try:
@@ -107,9 +108,9 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         return 1
     device = torch.device(args.device)
     model = spec.model.to(device)
-    x = preprocess(loaded, spec.size, spec.resize, spec.preset).to(device)
+    x = spec.preprocess(loaded).to(device)
     with torch.no_grad():
-        logits = model(x)
+        logits = model_logits(model(x))
     probs = logits.softmax(1)
     num_classes = logits.shape[1]
     names = spec.classes if len(spec.classes) == num_classes else []
@@ -152,7 +153,9 @@ def _cmd_explain(args: argparse.Namespace) -> int:
             for i, stem in enumerate(stems):
                 cls = label(int(target[i])).replace(" ", "_").replace("/", "_")
                 file = out / f"{stem}_{method}{suffix}_{cls}.png"
-                overlay(x[i], ex.maps[i], args.colormap, args.alpha, spec.preset).save(file)
+                overlay(
+                    x[i], ex.maps[i], args.colormap, args.alpha, spec.preset, spec.mean, spec.std
+                ).save(file)
                 written += 1
     if raw:
         save_raw(raw, out / "raw_maps.npz")
@@ -178,7 +181,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from camlens.evaluate import evaluate, folder_data, markdown_table, shapes_data, write_outputs
     from camlens.metrics import black
     from camlens.models import build_model
-    from camlens.viz import PRESETS
 
     try:
         kind, where = _parse_data(args.data)
@@ -207,12 +209,20 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                 )
             data = shapes_data(int(where), instances=args.instances)
         else:
-            data = folder_data(Path(where), spec.size, spec.resize, spec.preset)
+            data = folder_data(
+                Path(where),
+                spec.size,
+                spec.resize,
+                spec.preset,
+                mean=spec.mean,
+                std=spec.std,
+                interpolation=spec.interpolation,
+            )
     except (CamlensError, ValueError) as exc:
         _fail(str(exc))
         return 2
     _warn_random_weights(args)
-    stats = PRESETS.get(spec.preset)
+    stats = spec.stats
     baseline = 0.0 if stats is None else black(*stats)
     layer = args.layer if args.layer else ("features" if args.model == "demo" else None)
     torch.manual_seed(args.seed)
@@ -220,21 +230,25 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     count = f"{len(names)} method{'s' if len(names) != 1 else ''}"
     print(f"evaluating {count} of {args.model} on {data.description}")
-    results = evaluate(
-        model,
-        data,
-        names,
-        layer,
-        steps=args.steps,
-        road_percentages=percentages,
-        baseline=baseline,
-        batch_size=args.batch_size,
-        sanity_images=args.sanity_images,
-        box_threshold=args.box_threshold,
-        seed=args.seed,
-        out=out,
-        progress=True,
-    )
+    try:
+        results = evaluate(
+            model,
+            data,
+            names,
+            layer,
+            steps=args.steps,
+            road_percentages=percentages,
+            baseline=baseline,
+            batch_size=args.batch_size,
+            sanity_images=args.sanity_images,
+            box_threshold=args.box_threshold,
+            seed=args.seed,
+            out=out,
+            progress=True,
+        )
+    except CamlensError as exc:  # e.g. a model whose output has no class scores
+        _fail(str(exc))
+        return 1
     files = write_outputs(results, out)
     if results.get("accuracy") is not None:
         print(f"model accuracy on these images: {results['accuracy']:.1%}")
@@ -281,13 +295,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     explain.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     explain.add_argument(
-        "--model", required=True, help="a torchvision classifier name (resnet50) or 'demo'"
+        "--model",
+        required=True,
+        help="a torchvision classifier name (resnet50), 'demo', timm:NAME (pip install "
+        "camlens[timm]) or hf:LOCAL_DIR (a transformers save_pretrained folder, loaded offline; "
+        "pip install camlens[hf])",
     )
     explain.add_argument(
         "--weights",
         default=None,
-        help="DEFAULT (torchvision pretrained: needs the network) or a .safetensors/.pth "
-        "state dict (read without pickle). Default: random init, or the demo's shipped weights",
+        help="DEFAULT (torchvision or timm pretrained: needs the network or a cache) or a "
+        ".safetensors/.pth state dict (read without pickle). Default: random init, the demo's "
+        "shipped weights, or for hf: the weights in its folder",
     )
     explain.add_argument(
         "--method", nargs="+", default=["gradcam"], help="methods (see 'camlens methods')"
@@ -317,7 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
         "per image. Writes table.md, table.csv, results.json and plots into --out; results.json "
         "is updated after every method.",
     )
-    ev.add_argument("--model", default="demo", help="'demo' (default) or a torchvision name")
+    ev.add_argument(
+        "--model",
+        default="demo",
+        help="'demo' (default), a torchvision name, timm:NAME or hf:LOCAL_DIR",
+    )
     ev.add_argument("--weights", default=None, help="as for 'camlens explain'")
     ev.add_argument(
         "--methods", nargs="+", default=["all"], help="method names, or 'all' (default)"

@@ -80,10 +80,21 @@ def shapes_data(n: int, instances: int = 1, seed: int = 2027, size: int = 96) ->
 
 
 def folder_data(
-    folder: Path, size: int, resize: int | None, preset: str, masks_dir: str = "masks"
+    folder: Path,
+    size: int,
+    resize: int | tuple[int, int] | None,
+    preset: str,
+    masks_dir: str = "masks",
+    *,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    interpolation: str = "bilinear",
 ) -> EvalData:
     """Every image in ``folder`` (sorted), with ``folder/masks/<stem>.png`` as the mask where it
-    exists (non-zero = object), cropped and resized like the image."""
+    exists (non-zero = object), cropped and resized like the image.
+
+    Images are prepared with :func:`camlens.io.preprocess` (``mean``/``std``, when given, take
+    the place of the preset, e.g. a timm or Hugging Face model's own statistics)."""
     import torchvision.transforms.functional as TF
     from PIL import Image
 
@@ -95,7 +106,15 @@ def folder_data(
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in exts and p.is_file())
     if not files:
         raise InputError(f"{folder}: no images ({', '.join(sorted(exts))}) in this folder")
-    images = preprocess([load_image(p) for p in files], size, resize, preset)
+    images = preprocess(
+        [load_image(p) for p in files],
+        size,
+        resize,
+        preset,
+        mean=mean,
+        std=std,
+        interpolation=interpolation,
+    )
     masks = torch.zeros(len(files), size, size, dtype=torch.bool)
     has = torch.zeros(len(files), dtype=torch.bool)
     for i, p in enumerate(files):
@@ -107,7 +126,8 @@ def folder_data(
         if resize is None:
             t = TF.resize(t, [size, size], TF.InterpolationMode.NEAREST)
         else:
-            t = TF.resize(t, resize, TF.InterpolationMode.NEAREST)
+            target = resize if isinstance(resize, int) else [int(v) for v in resize]
+            t = TF.resize(t, target, TF.InterpolationMode.NEAREST)
             t = TF.center_crop(t, [size, size])
         masks[i], has[i] = t[0] > 0, True
     desc = f"{folder} ({len(files)} images, {int(has.sum())} with masks)"

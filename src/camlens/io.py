@@ -34,29 +34,60 @@ def load_image(path: str | Path) -> Image.Image:
 def preprocess(
     images: Sequence[Image.Image],
     size: int = 224,
-    resize: int | None = 256,
+    resize: int | tuple[int, int] | None = 256,
     preset: str = "imagenet",
+    *,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    interpolation: str = "bilinear",
 ) -> Tensor:
     """PIL images -> (B, 3, size, size) float tensor.
 
-    Shorter side resized to ``resize`` (bilinear, antialiased), centre crop ``size``, scaled to
-    [0, 1], normalised with the preset's mean/std ("imagenet", or "none" to keep [0, 1]). With
-    ``resize=None`` the image is resized straight to ``size`` x ``size``.
+    Shorter side resized to ``resize`` (antialiased; a pair (h, w) resizes to exactly that, as
+    timm's "squash" crop mode and DeiT-style image processors do), centre crop ``size``, scaled
+    to [0, 1],
+    normalised as ``(x - mean) / std`` with the preset's statistics ("imagenet", "inception",
+    "clip", or "none" to keep [0, 1]) or, when given, the explicit ``mean`` and ``std`` (one
+    value per channel; the preset is then ignored). With ``resize=None`` the image is resized
+    straight to ``size`` x ``size``. ``interpolation``: "bilinear" (default), "bicubic" (the
+    result is clamped to [0, 1] before normalising, as an 8-bit resize would be) or "nearest".
     """
     import torchvision.transforms.functional as TF
 
-    if preset not in PRESETS:
+    modes = {
+        "bilinear": TF.InterpolationMode.BILINEAR,
+        "bicubic": TF.InterpolationMode.BICUBIC,
+        "nearest": TF.InterpolationMode.NEAREST,
+    }
+    if interpolation not in modes:
+        raise InputError(f"unknown interpolation {interpolation!r}; known: {', '.join(modes)}")
+    stats: tuple[Sequence[float], Sequence[float]] | None
+    if mean is not None or std is not None:
+        if mean is None or std is None or len(mean) != len(std) or len(mean) not in (1, 3):
+            raise InputError(
+                f"mean and std must both be given, with 1 or 3 values each; got mean={mean}, "
+                f"std={std}"
+            )
+        if any(s <= 0 for s in std):
+            raise InputError(f"std must be positive, got {std}")
+        stats = (mean, std)
+    elif preset not in PRESETS:
         raise InputError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+    else:
+        stats = PRESETS[preset]
+    mode = modes[interpolation]
     out = []
     for img in images:
         t = TF.pil_to_tensor(img).float() / 255
         if resize is None:
-            t = TF.resize(t, [size, size], antialias=True)
+            t = TF.resize(t, [size, size], mode, antialias=True)
         else:
-            t = TF.center_crop(TF.resize(t, resize, antialias=True), [size, size])
-        stats = PRESETS[preset]
+            target = resize if isinstance(resize, int) else [int(v) for v in resize]
+            t = TF.center_crop(TF.resize(t, target, mode, antialias=True), [size, size])
+        if interpolation == "bicubic":
+            t = t.clamp(0, 1)
         if stats is not None:
-            t = TF.normalize(t, list(stats[0]), list(stats[1]))
+            t = TF.normalize(t, [float(v) for v in stats[0]], [float(v) for v in stats[1]])
         out.append(t)
     return torch.stack(out)
 
@@ -92,17 +123,21 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
 
 def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     """Load a state dict file into ``model`` (strict), with a readable error on a mismatch."""
-    state = read_state_dict(path)
+    return load_state(model, read_state_dict(path), path)
+
+
+def load_state(model: nn.Module, state: dict[str, Tensor], source: str | Path) -> nn.Module:
+    """Load ``state`` into ``model`` (strict); errors name ``source`` and what did not fit."""
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches
         first = str(exc).strip().splitlines()
         raise CheckpointError(
-            f"{path}: the weights do not fit {type(model).__name__}: {first[-1].strip()[:200]}"
+            f"{source}: the weights do not fit {type(model).__name__}: {first[-1].strip()[:200]}"
         ) from None
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
-            f"{path}: the weights do not fit {type(model).__name__}: "
+            f"{source}: the weights do not fit {type(model).__name__}: "
             f"{len(result.missing_keys)} missing keys (e.g. {result.missing_keys[:3]}), "
             f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[:3]})"
         )

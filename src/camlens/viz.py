@@ -14,8 +14,11 @@ from camlens.errors import InputError
 from camlens.maps import upsample
 
 #: mean and std of the normalisation presets; "none" means images are already in [0, 1].
+#: "inception" (0.5 everywhere) is what many timm and Hugging Face ViTs use, "clip" OpenAI CLIP's.
 PRESETS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "inception": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
     "none": None,
 }
 
