@@ -23,13 +23,20 @@ from camlens.registry import register
 @dataclass
 class ModelCall:
     """What a model-level method gets: the model (in eval mode), the images, the target as the
-    user gave it, ``score(output) -> (scores (B,), class ids (B,))``, and the resolved layers."""
+    user gave it, ``score(output) -> (scores (B,), class ids (B,))``, and the resolved layers.
+
+    For transformers: ``to_grid`` maps per-token values (B, N), N counting every token, to the
+    patch grid (B, h, w) (prefix tokens dropped), and ``num_prefix`` is the number of prefix
+    tokens (class, distillation, register tokens), which come first.
+    """
 
     model: nn.Module
     images: Tensor
     target: Any
     score: Callable[[Any], tuple[Tensor, Tensor]]
     layers: list[tuple[str, nn.Module]]
+    to_grid: Callable[[Tensor], Tensor] | None = None
+    num_prefix: int = 0
 
 
 @dataclass
