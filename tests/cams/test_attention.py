@@ -10,6 +10,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
+import camlens
 from camlens.cams.attention import (
     AttentionCapture,
     explicit_attention,
@@ -463,3 +464,20 @@ def test_windowed_attention_is_refused() -> None:
     ids = torch.tensor([0, 0])
     with pytest.raises(UnsupportedModelError, match="Swin"):
         gae(ModelCall(Windows(), x, ids, picker(ids), []))
+
+
+def test_through_camlens_explain_on_a_model_without_prefix_tokens() -> None:
+    """A timm ViT without class token (average pooling): the mean of R's rows, on a 4 x 4 grid;
+    the model stays in training mode as it came."""
+    model = tiny_timm(class_token=False, global_pool="avg")
+    x = torch.randn(2, 3, 32, 32)
+    ex = camlens.explain(model, x, method="gae", target=[1, 2])
+    ids = torch.tensor([1, 2])
+    model.eval()
+    direct = gae(ModelCall(model, x, ids, picker(ids), [], to_grid=grid_of(4, 0)))
+    assert ex.layers == ["attention"] and ex.maps.shape == (2, 32, 32)
+    assert torch.allclose(ex.raw["attention"], direct.raw["attention"], atol=1e-6)
+    model.train()
+    before = state(model)
+    camlens.explain(model, x, method="rollout")
+    assert state(model) == before
