@@ -315,6 +315,7 @@ MODELS = {  # name: (build, reference forward, how the capture reads the attenti
     "torchvision": (tiny_tv, tv_reference, "mha"),
     "timm": (tiny_timm, timm_reference, "sdpa"),
     "timm-unfused": (tiny_timm, timm_reference, "softmax"),  # fused_attn switched off below
+    "timm-registers": (lambda: tiny_timm(reg_tokens=2), timm_reference, "sdpa"),  # 3 prefix
     "hf-sdpa": (lambda: tiny_hf("sdpa"), hf_reference, "sdpa"),
     "hf-eager": (lambda: tiny_hf("eager"), hf_reference, "softmax"),
 }
@@ -332,7 +333,9 @@ def test_gae_matches_a_hand_written_reference(name: str) -> None:
         model(x)
     assert cap.sources == [source, source]
     ids = torch.tensor([4, 1])
-    call = ModelCall(model, x, ids, picker(ids), [], to_grid=grid_of(4, 1), num_prefix=1)
+    prefix = 3 if name == "timm-registers" else 1  # class token first, then the registers
+    n = 16 + prefix
+    call = ModelCall(model, x, ids, picker(ids), [], to_grid=grid_of(4, prefix), num_prefix=prefix)
     result = gae(call)
 
     store: list[Tensor] = []
@@ -340,10 +343,10 @@ def test_gae_matches_a_hand_written_reference(name: str) -> None:
     assert torch.allclose(logits, getattr(model(x), "logits", model(x)), atol=1e-10)
     score = logits.gather(1, ids[:, None]).sum()
     grads = torch.autograd.grad(score, store)
-    r = torch.eye(17, dtype=torch.float64).expand(2, 17, 17)
+    r = torch.eye(n, dtype=torch.float64).expand(2, n, n)
     for a, g in zip(store, grads, strict=True):
         r = r + (g * a).clamp(min=0).mean(dim=1) @ r
-    expected = r[:, 0, 1:].reshape(2, 4, 4).detach()
+    expected = r[:, 0, prefix:].reshape(2, 4, 4).detach()
 
     # HF's eager attention takes its softmax in float32 even in a float64 model
     tol = 1e-6 if name == "hf-eager" else 1e-10
@@ -352,11 +355,11 @@ def test_gae_matches_a_hand_written_reference(name: str) -> None:
     assert all(p.grad is None for p in model.parameters())
 
     agnostic = rollout(call)
-    eye = torch.eye(17, dtype=torch.float64)
-    r = eye.expand(2, 17, 17)
+    eye = torch.eye(n, dtype=torch.float64)
+    r = eye.expand(2, n, n)
     for a in store:
         r = (0.5 * eye + 0.5 * a.detach().mean(dim=1)) @ r
-    expected = r[:, 0, 1:].reshape(2, 4, 4)
+    expected = r[:, 0, prefix:].reshape(2, 4, 4)
     assert torch.allclose(agnostic.raw["attention"].double(), expected, atol=tol)
 
 
