@@ -286,10 +286,12 @@ def hf_reference(model, x: Tensor, store: list[Tensor]) -> Tensor:
 
 def tiny_tv() -> nn.Module:
     torch.manual_seed(0)
-    return torchvision.models.VisionTransformer(
+    model = torchvision.models.VisionTransformer(
         image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32,
         num_classes=5,
     )  # fmt: skip
+    nn.init.normal_(model.heads.head.weight)  # torchvision zero-initialises the head
+    return model
 
 
 def tiny_timm(**kwargs) -> nn.Module:
@@ -347,12 +349,19 @@ def test_gae_matches_a_hand_written_reference(name: str) -> None:
     for a, g in zip(store, grads, strict=True):
         r = r + (g * a).clamp(min=0).mean(dim=1) @ r
     expected = r[:, 0, prefix:].reshape(2, 4, 4).detach()
+    assert (expected.flatten(1) > 0).sum(dim=1).min() >= 4  # not a vacuous all-zero map
 
     # HF's eager attention takes its softmax in float32 even in a float64 model
     tol = 1e-6 if name == "hf-eager" else 1e-10
     assert torch.allclose(result.scores, logits.gather(1, ids[:, None])[:, 0].detach())
     assert torch.allclose(result.raw["attention"].double(), expected, atol=tol)
     assert all(p.grad is None for p in model.parameters())
+
+    # two targets per image, one batched backward: the first is the call above
+    both = torch.stack([ids, torch.tensor([0, 2])], dim=1)
+    many = gae(ModelCall(model, x, both, picker(both), [], grid_of(4, prefix), prefix))
+    assert torch.allclose(many.raw["attention"][:, 0], result.raw["attention"], atol=1e-12)
+    assert not torch.allclose(many.raw["attention"][:, 1], result.raw["attention"])
 
     agnostic = rollout(call)
     eye = torch.eye(n, dtype=torch.float64)
