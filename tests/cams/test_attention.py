@@ -89,6 +89,11 @@ def test_explicit_attention_matches_sdpa() -> None:
         out, probs = explicit_attention(q, k, v, **kwargs)
         assert torch.allclose(out, F.scaled_dot_product_attention(q, k, v, **kwargs)), kwargs
         assert torch.allclose(probs.sum(-1), torch.ones(2, 4, 5, dtype=torch.float64))
+    no_keys = torch.ones(5, 5, dtype=torch.bool)
+    no_keys[2] = False  # query 2 may attend nothing: P = 0 there, as in SDPA
+    out, probs = explicit_attention(q, k, v, attn_mask=no_keys)
+    assert torch.equal(probs[:, :, 2], torch.zeros(2, 4, 5, dtype=torch.float64))
+    assert torch.allclose(out, F.scaled_dot_product_attention(q, k, v, attn_mask=no_keys))
     kv = torch.randn(2, 2, 5, 3, dtype=torch.float64)
     out, probs = explicit_attention(q, kv, kv, enable_gqa=True)
     assert probs.shape == (2, 4, 5, 5)

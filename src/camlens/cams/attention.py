@@ -117,7 +117,14 @@ class AttentionCapture(TorchFunctionMode):
         """The recorded P, each viewed as (B, heads, L, S)."""
         return [t.reshape(s) for t, s in zip(self.tensors, self.shapes, strict=True)]
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Any,
+        args: tuple = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        """Attention calls computed (or read) explicitly and recorded; the rest unchanged."""
         kwargs = kwargs or {}
         if func is F.scaled_dot_product_attention:
             out, probs = explicit_attention(*args, **kwargs)
