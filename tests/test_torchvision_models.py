@@ -24,6 +24,7 @@ HAS_GAP_LINEAR_HEAD = {"resnet18", "resnet50", "efficientnet_b0"}
 # with the fewest samples; the channel-heavy models get them on the cheap ones below.
 RERUN_INPUT = {"scorecam": {}, "sscam": {"samples": 1}, "iscam": {"steps": 1}}
 CHEAP = {"resnet18", "mobilenet_v3_small"}
+ATTENTION_ONLY = {"gae", "rollout"}  # methods for vision transformers
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -37,6 +38,10 @@ def test_every_method_on_torchvision(name: str) -> None:
             continue
         if method == "smoothgradcampp":
             options = {"samples": 2}
+        if method in ATTENTION_ONLY:  # CNNs run no attention: a clear error, not a map
+            with pytest.raises(camlens.UnsupportedModelError, match="attention"):
+                camlens.explain(model, x, method=method, target=[0, 6])
+            continue
         if method == "cam" and name not in HAS_GAP_LINEAR_HEAD:
             with pytest.raises(camlens.UnsupportedModelError):
                 camlens.explain(model, x, method=method, target=[0, 6])

@@ -355,6 +355,8 @@ class Explainer:
         info = self.method
         if info.inputs == "grads":
             return not self.exact and not self.smooth
+        if info.inputs == "model":
+            return info.uses_tokens  # the attention methods batch their targets themselves
         return info.inputs in ("class_weights", "acts", "input_probe")
 
     @staticmethod
@@ -737,10 +739,14 @@ class Explainer:
         )
         result = self.method.fn(call, **self._fn_options)
         size = tuple(images.shape[2:])
+        nd = len(size)
         if result.maps is not None:
             maps = minmax(result.maps)
         else:
-            maps = minmax(fuse_layers(list(result.raw.values()), size))
+            raws = list(result.raw.values())
+            lead = raws[0].shape[: raws[0].ndim - nd]  # (B,) or (B, T)
+            flat = [r.reshape(-1, *r.shape[-nd:]) for r in raws]
+            maps = minmax(fuse_layers(flat, size)).view(*lead, *size)
         return Explanation(
             maps=maps,
             raw=result.raw,

@@ -4,6 +4,7 @@ Importing this package registers every method in :mod:`camlens.registry`.
 """
 
 from camlens.cams.ablation import ablationcam, reciprocam
+from camlens.cams.attention import gae, rollout
 from camlens.cams.cam import cam
 from camlens.cams.eigen import eigencam, eigengradcam
 from camlens.cams.finer import contrast_score, finercam
@@ -28,6 +29,7 @@ __all__ = [
     "eigengradcam",
     "finercam",
     "fullgrad",
+    "gae",
     "gradcam",
     "gradcam_elementwise",
     "gradcampp",
@@ -36,6 +38,7 @@ __all__ = [
     "iscam",
     "layercam",
     "reciprocam",
+    "rollout",
     "scorecam",
     "shapleycam",
     "smoothgradcampp",
