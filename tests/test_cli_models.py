@@ -13,34 +13,7 @@ from torch import nn
 
 import camlens
 from camlens.cli import main
-from camlens.errors import UnsupportedModelError
 from camlens.models import build_model
-
-
-def _engine_reads_model_output() -> bool:
-    """Whether camlens.explain takes a model that returns a dict/ModelOutput with 'logits'
-    (the lead's engine change); until then the hf: explain paths stop at the engine."""
-
-    class DictNet(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv = nn.Conv2d(3, 2, 3)
-            self.fc = nn.Linear(2, 3)
-
-        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-            return {"logits": self.fc(self.conv(x).mean(dim=(2, 3)))}
-
-    try:
-        camlens.explain(DictNet(), torch.zeros(1, 3, 8, 8), "gradcam", layer="conv")
-    except UnsupportedModelError:
-        return False
-    return True
-
-
-needs_model_output = pytest.mark.skipif(
-    not _engine_reads_model_output(),
-    reason="the engine does not read ModelOutput/dict outputs yet (the lead's engine change)",
-)
 
 
 class Logits(nn.Module):
@@ -170,7 +143,6 @@ def test_explain_hf_prints_named_predictions(tmp_path, image_files, hf_resnet, c
     assert all(name in lines[0] for name in ("cat", "dog", "bird"))
 
 
-@needs_model_output
 def test_explain_hf_resnet_gradcam_end_to_end(tmp_path, image_files, hf_resnet, capsys) -> None:
     out = tmp_path / "out"
     argv = ["explain", *image_files, "--model", f"hf:{hf_resnet}", "--method", "gradcam"]
@@ -185,7 +157,6 @@ def test_explain_hf_resnet_gradcam_end_to_end(tmp_path, image_files, hf_resnet, 
     assert np.allclose(raw, next(iter(reference.raw.values())).numpy(), atol=1e-5)
 
 
-@pytest.mark.xfail(strict=False, reason="needs the token-layout engine")
 def test_explain_hf_vit_gradcam_end_to_end(tmp_path, image_files, hf_vit, capsys) -> None:
     out = tmp_path / "out"
     argv = ["explain", image_files[0], "--model", f"hf:{hf_vit}", "--method", "gradcam"]
@@ -220,7 +191,6 @@ def test_evaluate_timm_model_on_a_folder(tmp_path, image_files, capsys) -> None:
     assert (tmp_path / "ev" / "results.json").is_file()
 
 
-@needs_model_output
 def test_evaluate_hf_model_on_a_folder(tmp_path, image_files, hf_resnet, capsys) -> None:
     data = _folder(tmp_path, image_files)
     argv = ["evaluate", "--model", f"hf:{hf_resnet}", "--data", str(data), *EVAL_OPTS]

@@ -133,28 +133,34 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.target is not None:
-        plans = [("", torch.full((len(paths),), args.target, dtype=torch.long, device=device))]
-    else:
-        plans = [(f"_top{j + 1}" if k > 1 else "", top.indices[:, j]) for j in range(k)]
+        target: object = args.target
+        ranks = torch.full((len(paths), 1), args.target, dtype=torch.long, device=device)
+    else:  # the top k classes in one forward and one batched gradient: maps (B, k, H, W)
+        target = camlens.targets.top(k)
+        ranks = top.indices[:, :k]
     raw: dict[str, torch.Tensor] = {}
     written = 0
     for method in args.method:
         explainer = camlens.Explainer(
             model, method, args.layer, batch_size=args.batch_size, progress=True
         )
-        for suffix, target in plans:
-            try:
-                ex = explainer(x, target)
-            except CamlensError as exc:
-                _fail(f"{method}: {exc}")
-                failed += 1
-                break
-            raw[f"{method}{suffix}"] = next(iter(ex.raw.values()))
+        try:
+            ex = explainer(x, target)
+        except CamlensError as exc:
+            _fail(f"{method}: {exc}")
+            failed += 1
+            continue
+        maps, layer_raw = ex.maps, next(iter(ex.raw.values()))
+        if maps.ndim == x.ndim - 1:  # one target per image: (B, H, W) -> (B, 1, H, W)
+            maps, layer_raw = maps[:, None], layer_raw[:, None]
+        for j in range(ranks.shape[1]):
+            suffix = f"_top{j + 1}" if ranks.shape[1] > 1 else ""
+            raw[f"{method}{suffix}"] = layer_raw[:, j]
             for i, stem in enumerate(stems):
-                cls = label(int(target[i])).replace(" ", "_").replace("/", "_")
+                cls = label(int(ranks[i, j])).replace(" ", "_").replace("/", "_")
                 file = out / f"{stem}_{method}{suffix}_{cls}.png"
                 overlay(
-                    x[i], ex.maps[i], args.colormap, args.alpha, spec.preset, spec.mean, spec.std
+                    x[i], maps[i, j], args.colormap, args.alpha, spec.preset, spec.mean, spec.std
                 ).save(file)
                 written += 1
     if raw:

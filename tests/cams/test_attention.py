@@ -191,7 +191,7 @@ def test_several_targets_per_image_equal_separate_calls() -> None:
     assert many.raw["attention"].shape == (2, 3, 2, 2)
     assert many.scores.shape == (2, 3)
     for t in range(3):
-        one = gae(ModelCall(model, x, ids[:, t], picker(ids[:, t]), [], grid, 1))
+        one = gae(ModelCall(model, x, ids[:, t], picker(ids[:, t]), [], to_grid=grid, num_prefix=1))
         assert torch.allclose(many.raw["attention"][:, t], one.raw["attention"], atol=1e-12)
         assert torch.allclose(many.scores[:, t], one.scores)
     agnostic = rollout(ModelCall(model, x, ids, picker(ids), [], to_grid=grid, num_prefix=1))
@@ -364,7 +364,9 @@ def test_gae_matches_a_hand_written_reference(name: str) -> None:
 
     # two targets per image, one batched backward: the first is the call above
     both = torch.stack([ids, torch.tensor([0, 2])], dim=1)
-    many = gae(ModelCall(model, x, both, picker(both), [], grid_of(4, prefix), prefix))
+    many = gae(
+        ModelCall(model, x, both, picker(both), [], to_grid=grid_of(4, prefix), num_prefix=prefix)
+    )
     assert torch.allclose(many.raw["attention"][:, 0], result.raw["attention"], atol=1e-12)
     assert not torch.allclose(many.raw["attention"][:, 1], result.raw["attention"])
 
