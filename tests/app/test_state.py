@@ -1,0 +1,173 @@
+"""The app's state without a server: safe decoding, jobs, cancellation, cached re-rendering."""
+
+from __future__ import annotations
+
+import io
+import threading
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+import camlens
+from camlens.app.state import AppState, Limits, decode_image
+from camlens.demo import CLASSES
+from camlens.errors import CamlensError, InputError
+from camlens.models import ModelSpec
+from tests.app.conftest import png_bytes
+from tests.conftest import GapNet
+
+
+def test_decode_image_accepts_a_png_and_refuses_text() -> None:
+    img = decode_image(png_bytes(), Limits())
+    assert img.size == (96, 96) and img.mode == "RGB"
+    with pytest.raises(InputError, match="not a readable image"):
+        decode_image(b"this is text, renamed to .png\n" * 10, Limits())
+    with pytest.raises(InputError, match="empty"):
+        decode_image(b"", Limits())
+
+
+def test_decode_image_refuses_too_many_bytes_and_pixels() -> None:
+    with pytest.raises(InputError, match="limit"):
+        decode_image(png_bytes(), Limits(max_bytes=100))
+    # A decompression bomb in miniature: a small file that claims many pixels.
+    buf = io.BytesIO()
+    Image.new("L", (2000, 2000)).save(buf, format="PNG")
+    assert len(buf.getvalue()) < 20_000
+    with pytest.raises(InputError, match="2000 x 2000"):
+        decode_image(buf.getvalue(), Limits(max_pixels=1_000_000))
+
+
+def test_decode_image_refuses_formats_that_are_not_images() -> None:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, format="PDF")
+    with pytest.raises(InputError, match="not a readable image"):
+        decode_image(buf.getvalue(), Limits())
+
+
+def test_examples_come_with_masks_labels_and_predictions(state: AppState) -> None:
+    assert len(state.examples) == 6
+    labels = set()
+    for image_id in state.examples:
+        entry = state.image(image_id)
+        assert entry.mask is not None and entry.mask.shape == (96, 96) and entry.mask.any()
+        info = state.image_info(entry)
+        assert info["has_mask"] and info["top"][0]["name"] in CLASSES
+        labels.add(info["label"])
+    assert labels == set(CLASSES)
+    assert state.auto_layer == "features"
+    assert "features" in state.layers and state.channels["features"] == 96
+
+
+def test_a_job_gives_what_camlens_explain_gives(state: AppState) -> None:
+    entry = state.image(state.examples[1])
+    target = int(entry.probs.argsort()[-2])  # the second class, not the top one
+    job = state.submit(entry.id, ["gradcam", "Grad-CAM++"], None, target)
+    assert job.finished.wait(60) and job.status == "done", state.job_info(job)
+    for method in ("gradcam", "gradcampp"):
+        ex = camlens.explain(state.model, entry.x, method, layer="features", target=target)
+        torch.testing.assert_close(job.results[method].map, ex.maps[0])
+        torch.testing.assert_close(job.results[method].raw, ex.raw["features"][0])
+        assert set(job.results[method].metrics) == {"pointing_game", "iou"}
+    info = state.job_info(job)
+    assert info["target_name"] == CLASSES[target] and info["progress"] == 1.0
+    assert [r["method"] for r in info["results"]] == ["gradcam", "gradcampp"]
+    assert not state.model._forward_pre_hooks and not state.model._forward_hooks
+
+
+def test_rerendering_reads_the_cache(state: AppState) -> None:
+    job = state.submit(state.examples[0], ["layercam"], "features.6", None)
+    assert job.finished.wait(60) and job.status == "done"
+    calls = state.explain_calls
+    a = state.render(job.id, "layercam", "overlay", "jet", 0.2)
+    b = state.render(job.id, "layercam", "overlay", "jet", 0.9)
+    c = state.render(job.id, "layercam", "heatmap", "viridis", 0.5)
+    assert state.explain_calls == calls
+    pics = [np.asarray(Image.open(io.BytesIO(p))) for p in (a, b, c)]
+    assert all(p.shape == (96, 96, 3) for p in pics)
+    assert not np.array_equal(pics[0], pics[1])
+    with pytest.raises(InputError, match="colormap"):
+        state.render(job.id, "layercam", "overlay", "no-such-map", 0.5)
+    with pytest.raises(InputError, match="opacity"):
+        state.render(job.id, "layercam", "overlay", "jet", 1.5)
+    with pytest.raises(InputError, match="no map"):
+        state.render(job.id, "gradcam", "overlay", "jet", 0.5)
+    arrays = np.load(io.BytesIO(state.raw_npz(job.id)))
+    assert arrays["layercam"].shape == (12, 12) and arrays["layercam_map"].shape == (96, 96)
+
+
+def test_bad_requests_say_what_would_work(state: AppState) -> None:
+    image = state.examples[0]
+    with pytest.raises(CamlensError, match="Registered methods"):
+        state.submit(image, ["nope"], None, None)
+    with pytest.raises(InputError, match="unknown layer"):
+        state.submit(image, ["gradcam"], "/etc/passwd", None)
+    with pytest.raises(InputError, match="out of range"):
+        state.submit(image, ["gradcam"], None, 6)
+    with pytest.raises(InputError, match="at least one"):
+        state.submit(image, [], None, None)
+    with pytest.raises(InputError, match="no image"):
+        state.submit("../../etc/passwd", ["gradcam"], None, None)
+
+
+def test_a_method_that_fails_is_reported_and_the_rest_runs(state: AppState) -> None:
+    # CAM needs the GAP + linear head right after the layer: at features.3 it is not there.
+    job = state.submit(state.examples[0], ["cam", "gradcam"], "features.3", None)
+    assert job.finished.wait(60) and job.status == "done"
+    assert job.results["cam"].error and job.results["cam"].map is None
+    assert job.results["gradcam"].map is not None
+
+
+class GatedNet(nn.Module):
+    """GapNet whose forward passes after the first wait for ``gate``: a slow model on demand."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = GapNet(channels=8, classes=4)
+        self.calls = 0
+        self.started = threading.Event()
+        self.gate = threading.Event()
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.calls += 1
+        if x.shape[0] > 1 or self.calls > 3:  # the scorecam chunks, not the set-up passes
+            self.started.set()
+            assert self.gate.wait(30)
+        return self.net(x)
+
+
+def test_a_long_job_reports_progress_and_stops_when_cancelled() -> None:
+    model = GatedNet()
+    spec = ModelSpec(model, "gated", ["a", "b", "c", "d"], size=32, resize=None, preset="none")
+    st = AppState(spec, batch_size=2, examples=1)
+    try:
+        training = [m.training for m in model.modules()]
+        job = st.submit(st.examples[0], ["scorecam", "gradcam"], "net.features", 1)
+        assert model.started.wait(30)
+        assert job.status == "running" and job.current == "scorecam"
+        st.cancel(job.id)
+        model.gate.set()
+        assert job.finished.wait(30)
+        assert job.status == "cancelled" and "gradcam" not in job.results
+        assert st.job_info(job)["progress"] == 1.0
+        assert not model._forward_pre_hooks and not model._forward_hooks
+        assert [m.training for m in model.modules()] == training
+        # The state keeps working after a cancellation.
+        again = st.submit(st.examples[0], ["scorecam"], "net.features", 1)
+        assert again.finished.wait(30) and again.status == "done"
+        assert again.passes >= 4  # 8 channels in batches of 2, and the plain forward
+    finally:
+        model.gate.set()
+        st.close()
+
+
+def test_uploads_are_capped_in_number(state: AppState) -> None:
+    small = AppState(state.spec, limits=Limits(max_images=2), examples=1)
+    try:
+        ids = [small.add_upload(png_bytes(i), f"u{i}.png").id for i in range(4)]
+        kept = [k for k, v in small.images.items() if not v.example]
+        assert kept == ids[-2:] and len(small.examples) == 1
+    finally:
+        small.close()
