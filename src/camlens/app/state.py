@@ -447,8 +447,7 @@ class AppState:
         job.current, job.fraction, job.passes = method, 0.0, 0
         layer = job.layer or self.auto_layer
         self._expected = self._expected_items(method, layer or "")
-        result = MethodResult(method)
-        job.results[method] = result
+        result = MethodResult(method)  # published in job.results only once complete
         try:
             explainer = Explainer(self.model, method, layer, batch_size=self.batch_size)
             target = torch.tensor([job.target], device=entry.x.device)
@@ -458,6 +457,7 @@ class AppState:
             self.explain_calls += 1
         except CamlensError as exc:
             result.error = str(exc)
+            job.results[method] = result
             return
         name = ex.layers[0] if ex.layers else ""
         result.layer = ", ".join(ex.layers)
@@ -472,6 +472,7 @@ class AppState:
                 "pointing_game": float(pointing_game(maps, masks)[0]),
                 "iou": float(iou(maps, masks)[0]),
             }
+        job.results[method] = result
 
     def job_info(self, job: Job) -> dict[str, Any]:
         """The job's status and, per finished method, its time, layer, metrics or error."""
@@ -497,7 +498,6 @@ class AppState:
                     "error": r.error,
                 }
                 for r in list(job.results.values())
-                if r.map is not None or r.error is not None
             ],
         }
 
