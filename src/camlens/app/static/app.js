@@ -55,7 +55,7 @@ async function init() {
   ui.state.info = info;
   $("#model").textContent = `model: ${info.model} · ${info.size} px · ${info.classes} classes`;
   $("#limits").textContent =
-    `PNG, JPEG, GIF, BMP, WEBP, TIFF · up to ${(info.limits.max_bytes / 2 ** 20).toFixed(0)} MiB`;
+    `PNG, JPEG, GIF, BMP, WEBP, TIFF ≤ ${(info.limits.max_bytes / 2 ** 20).toFixed(0)} MiB`;
   const methods = $("#methods");
   for (const m of info.methods) {
     const box = el("input", { type: "checkbox", value: m.name, onchange: schedule });
