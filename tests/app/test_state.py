@@ -120,19 +120,36 @@ def test_a_method_that_fails_is_reported_and_the_rest_runs(state: AppState) -> N
     assert job.results["gradcam"].map is not None
 
 
+class _Gate:
+    """Two events; a deep copy (the app's predictor) gets an always-open gate."""
+
+    def __init__(self, open_: bool = False) -> None:
+        self.started, self.gate = threading.Event(), threading.Event()
+        if open_:
+            self.gate.set()
+
+    def __deepcopy__(self, memo: dict) -> _Gate:
+        return _Gate(open_=True)
+
+
 class GatedNet(nn.Module):
-    """GapNet whose forward passes after the first wait for ``gate``: a slow model on demand."""
+    """GapNet whose batched forward passes wait for ``gate``: a slow model on demand."""
 
     def __init__(self) -> None:
         super().__init__()
         self.net = GapNet(channels=8, classes=4)
-        self.calls = 0
-        self.started = threading.Event()
-        self.gate = threading.Event()
+        self.events = _Gate()
+
+    @property
+    def started(self) -> threading.Event:
+        return self.events.started
+
+    @property
+    def gate(self) -> threading.Event:
+        return self.events.gate
 
     def forward(self, x: Tensor) -> Tensor:
-        self.calls += 1
-        if x.shape[0] > 1 or self.calls > 3:  # the scorecam chunks, not the set-up passes
+        if x.shape[0] > 1:  # the scorecam chunks (batch 2), not the one-image passes
             self.started.set()
             assert self.gate.wait(30)
         return self.net(x)
@@ -171,3 +188,23 @@ def test_uploads_are_capped_in_number(state: AppState) -> None:
         assert kept == ids[-2:] and len(small.examples) == 1
     finally:
         small.close()
+
+
+def test_an_upload_is_answered_while_a_long_job_runs() -> None:
+    model = GatedNet()
+    spec = ModelSpec(model, "gated", ["a", "b", "c", "d"], size=32, resize=None, preset="none")
+    st = AppState(spec, batch_size=2, examples=1)
+    try:
+        job = st.submit(st.examples[0], ["scorecam"], "net.features", 1)
+        assert model.started.wait(30)  # the job holds the model, waiting on the gate
+        queued = st.submit(st.examples[0], ["gradcam"], None, 0)
+        entry = st.add_upload(png_bytes(9, size=32), "during.png")  # no deadlock, no wait
+        assert entry.probs.shape == (4,) and job.status == "running"
+        st.cancel(queued.id)
+        assert queued.status == "cancelled" and queued.finished.is_set()
+        model.gate.set()
+        assert job.finished.wait(30) and job.status == "done"
+        assert "gradcam" not in queued.results
+    finally:
+        model.gate.set()
+        st.close()

@@ -39,6 +39,7 @@ def create_app(state: AppState) -> Any:
     from fastapi import FastAPI, File, Request, UploadFile
     from fastapi.responses import JSONResponse, Response
     from pydantic import BaseModel
+    from starlette.concurrency import run_in_threadpool
 
     app = FastAPI(title="camlens", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.camlens = state
@@ -106,7 +107,7 @@ def create_app(state: AppState) -> Any:
                 status_code=413,
             )
         try:
-            entry = state.add_upload(data, file.filename or "upload")
+            entry = await run_in_threadpool(state.add_upload, data, file.filename or "upload")
         except InputError as exc:
             return JSONResponse({"detail": str(exc)}, status_code=415)
         return state.image_info(entry)

@@ -16,6 +16,8 @@ the scores are :mod:`camlens.metrics`. What this module adds:
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import inspect
 import io
 import math
@@ -60,7 +62,7 @@ class Limits:
     max_bytes: int = 10 * 1024 * 1024
     max_pixels: int = 4096 * 4096
     max_images: int = 64
-    max_jobs: int = 64
+    max_jobs: int = 32
 
 
 @dataclass
@@ -188,6 +190,13 @@ class AppState:
         self.images: OrderedDict[str, ImageEntry] = OrderedDict()
         self.jobs: OrderedDict[str, Job] = OrderedDict()
         self.explain_calls = 0  # how many explanations were computed (tests read it)
+        # Predictions run on a copy, so that an upload is answered while a long job holds the
+        # model (whose layers carry the engine's capture hooks during a job).
+        try:
+            self._predictor: nn.Module = copy.deepcopy(self.model).eval()
+            self._predict_lock: Any = contextlib.nullcontext()
+        except Exception:  # a model that cannot be copied shares the lock instead
+            self._predictor, self._predict_lock = self.model, self.lock
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="camlens-app")
         self._running: Job | None = None
         self._hook = None
@@ -239,8 +248,8 @@ class AppState:
     ) -> ImageEntry:
         x = preprocess([img], self.spec.size, self.spec.resize, self.spec.preset)
         x = x.to(next(self.model.parameters(), torch.empty(0)).device)
-        with self.lock, torch.no_grad():
-            out = self.model(x)
+        with self._predict_lock, torch.no_grad():
+            out = self._predictor(x)
         if not isinstance(out, Tensor) or out.ndim != 2:
             raise CamlensError("the app explains classifiers whose output is (B, classes) logits")
         entry = ImageEntry(
@@ -387,6 +396,9 @@ class AppState:
         """Ask a job to stop; it stops before its next forward pass."""
         job = self.job(job_id)
         job.cancel.set()
+        if job.status == "queued":  # not started: the worker will skip it
+            job.status = "cancelled"
+            job.finished.set()
         return job
 
     def _pre_hook(self, _module: nn.Module, args: Any) -> None:
