@@ -394,7 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
         "see the model's top classes, compare methods side by side at any layer, change the "
         "colormap and opacity, download overlays and raw maps. Needs 'pip install camlens[app]'.",
     )
-    app.add_argument("--model", default="demo", help="'demo' (default) or a torchvision name")
+    app.add_argument(
+        "--model", default="demo", help="'demo' (default) or a model name as for 'camlens explain'"
+    )
     app.add_argument("--weights", default=None, help="as for 'camlens explain'")
     app.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import threading
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ import camlens
 from camlens.app.state import AppState, Limits, decode_image
 from camlens.demo import CLASSES
 from camlens.errors import CamlensError, InputError
+from camlens.io import preprocess
 from camlens.models import ModelSpec
 from tests.app.conftest import png_bytes
 from tests.conftest import GapNet
@@ -207,4 +209,31 @@ def test_an_upload_is_answered_while_a_long_job_runs() -> None:
         assert "gradcam" not in queued.results
     finally:
         model.gate.set()
+        st.close()
+
+
+@dataclass
+class _StatsSpec(ModelSpec):
+    """A spec with its own mean/std and preprocess (as camlens.models gives timm models)."""
+
+    mean: tuple[float, ...] = (0.5, 0.4, 0.3)
+    std: tuple[float, ...] = (0.2, 0.25, 0.3)
+
+    def preprocess(self, images: list[Image.Image]) -> Tensor:
+        x = preprocess(images, self.size, None, "none")
+        return (x - torch.tensor(self.mean)[:, None, None]) / torch.tensor(self.std)[:, None, None]
+
+
+def test_a_spec_with_its_own_normalisation_is_used_both_ways() -> None:
+    spec = _StatsSpec(GapNet(classes=3), "stats", [], size=32, resize=None, preset="imagenet")
+    st = AppState(spec, examples=0)
+    try:
+        pic = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), np.uint8))
+        buf = io.BytesIO()
+        pic.save(buf, format="PNG")
+        entry = st.add_upload(buf.getvalue(), "p.png")
+        assert st.image_info(entry)["top"][0]["name"].startswith("class ")
+        back = np.asarray(Image.open(io.BytesIO(st.input_png(entry.id))), dtype=np.int16)
+        assert np.abs(back - np.asarray(pic, dtype=np.int16)).max() <= 1
+    finally:
         st.close()

@@ -158,7 +158,8 @@ def _mask_like(mask: Tensor, spec: ModelSpec) -> Tensor:
     if spec.resize is None:
         m = TF.resize(m, [spec.size, spec.size], interpolation=InterpolationMode.NEAREST)
     else:
-        m = TF.resize(m, spec.resize, interpolation=InterpolationMode.NEAREST)
+        size = list(spec.resize) if isinstance(spec.resize, (tuple, list)) else spec.resize
+        m = TF.resize(m, size, interpolation=InterpolationMode.NEAREST)
         m = TF.center_crop(m, [spec.size, spec.size])
     return m[0] > 0.5
 
@@ -212,12 +213,19 @@ class AppState:
 
     # ----------------------------------------------------------------- images
     def _blank(self) -> Tensor:
-        return preprocess(
-            [Image.new("RGB", (self.spec.size,) * 2, (128, 128, 128))],
-            self.spec.size,
-            self.spec.resize,
-            self.spec.preset,
-        )
+        return self._prepare(Image.new("RGB", (self.spec.size,) * 2, (128, 128, 128)))
+
+    def _prepare(self, img: Image.Image) -> Tensor:
+        """One PIL image -> the (1, C, H, W) input the model expects (the spec's own
+        ``preprocess`` where it has one, e.g. timm's mean/std; else the preset's)."""
+        own = getattr(self.spec, "preprocess", None)
+        if callable(own):
+            return own([img])
+        return preprocess([img], self.spec.size, self.spec.resize, self.spec.preset)
+
+    def _stats(self) -> dict[str, Any]:
+        """The normalisation to undo for pictures: the spec's mean/std where it has them."""
+        return {"mean": getattr(self.spec, "mean", None), "std": getattr(self.spec, "std", None)}
 
     def _add_examples(self, n: int) -> None:
         if n <= 0:
@@ -246,10 +254,15 @@ class AppState:
         label: int | None = None,
         example: bool = False,
     ) -> ImageEntry:
-        x = preprocess([img], self.spec.size, self.spec.resize, self.spec.preset)
+        x = self._prepare(img)
         x = x.to(next(self.model.parameters(), torch.empty(0)).device)
         with self._predict_lock, torch.no_grad():
             out = self._predictor(x)
+        from camlens import models
+
+        to_logits = getattr(models, "logits", None)  # dicts, ModelOutputs (where supported)
+        if callable(to_logits) and not isinstance(out, Tensor):
+            out = to_logits(out)
         if not isinstance(out, Tensor) or out.ndim != 2:
             raise CamlensError("the app explains classifiers whose output is (B, classes) logits")
         entry = ImageEntry(
@@ -306,7 +319,7 @@ class AppState:
         """The image as the model sees it (resized, cropped), as PNG bytes."""
         from camlens.viz import denormalize
 
-        rgb = denormalize(self.image(image_id).x[0], self.spec.preset)
+        rgb = denormalize(self.image(image_id).x[0], self.spec.preset, **self._stats())
         return _png(Image.fromarray((rgb * 255).round().astype(np.uint8)))
 
     # ----------------------------------------------------------------- layers, methods
@@ -534,7 +547,9 @@ class AppState:
         if not (isinstance(alpha, float) and math.isfinite(alpha) and 0.0 <= alpha <= 1.0):
             raise InputError(f"opacity must be in [0, 1], got {alpha}")
         if kind == "overlay":
-            img = overlay(entry.x[0], result.map, colormap, alpha, self.spec.preset)
+            img = overlay(
+                entry.x[0], result.map, colormap, alpha, self.spec.preset, **self._stats()
+            )
         elif kind == "heatmap":
             img = heatmap_image(result.map, colormap)
         else:
