@@ -183,3 +183,26 @@ def test_cli_app_warns_when_not_local(monkeypatch: pytest.MonkeyPatch, capsys: A
 def test_cli_app_reports_a_bad_model(capsys: Any) -> None:
     assert main(["app", "--model", "resnet5O"]) == 2
     assert "unknown model" in capsys.readouterr().err
+
+
+def test_a_chunked_upload_over_the_limit_is_cut_off(state: AppState) -> None:
+    small = AppState(state.spec, limits=Limits(max_bytes=1000), examples=0)
+    body = b"--b\r\nContent-Disposition: form-data; name=file; filename=a.png\r\n\r\n"
+    body += b"x" * 300_000 + b"\r\n--b--\r\n"
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the body arrives in pieces
+        for i in range(0, len(body), 4096):
+            yield body[i : i + 4096]
+
+    try:
+        with TestClient(create_app(small)) as c:
+            r = c.post(
+                "/api/images",
+                content=chunks(),
+                headers={"Content-Type": "multipart/form-data; boundary=b"},
+            )
+            # Cut off by the body limit, not by the endpoint after parsing everything.
+            assert r.status_code == 413 and "its body passed" in r.json()["detail"]
+            assert c.get("/api/info").status_code == 200
+    finally:
+        small.close()

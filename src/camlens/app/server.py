@@ -34,6 +34,33 @@ def _static(name: str) -> bytes:
     return resources.files("camlens.app").joinpath("static", name).read_bytes()
 
 
+def _limit_body(app: Any, limit: int) -> Any:
+    """ASGI middleware: a request body over ``limit`` bytes ends in 413, even when it is sent
+    without a Content-Length (chunked), before the multipart parser spools it anywhere."""
+    from starlette.exceptions import HTTPException
+
+    async def middleware(scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> dict:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise HTTPException(
+                        413, f"the request is too large: its body passed {limit} bytes"
+                    )
+            return message
+
+        await app(scope, limited, send)
+
+    return middleware
+
+
 def create_app(state: AppState) -> Any:
     """The FastAPI application serving ``state``'s model (imports FastAPI lazily)."""
     from fastapi import FastAPI, File, Request, UploadFile
@@ -42,6 +69,7 @@ def create_app(state: AppState) -> Any:
     from starlette.concurrency import run_in_threadpool
 
     app = FastAPI(title="camlens", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(_limit_body, limit=state.limits.max_bytes + 64 * 1024)
     app.state.camlens = state
     pages = {route: (_static(name), kind) for route, (name, kind) in _STATIC.items()}
     headers = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
