@@ -241,3 +241,21 @@ def test_a_slow_method_shows_progress_and_cancels(page: Any) -> None:
     # The app keeps working after a cancellation.
     _choose(page, "gradcam")
     _shown(page, "gradcam")
+
+
+def test_any_class_by_name_or_id(page: Any) -> None:
+    _shown(page, "gradcam", "gradcampp")
+    page.locator("#class-id").fill("ring")
+    page.locator("#class-form button").click()
+    page.wait_for_function(
+        "() => document.querySelector('#explaining').textContent.startsWith('explaining ring')"
+    )
+    _shown(page, "gradcam", "gradcampp")
+    page.locator("#class-id").fill("1")
+    page.locator("#class-form button").click()
+    page.wait_for_function(
+        "() => document.querySelector('#explaining').textContent.startsWith('explaining square')"
+    )
+    page.locator("#class-id").fill("hexagon")
+    page.locator("#class-form button").click()
+    assert "no class" in page.locator("#error").inner_text()

@@ -16,6 +16,7 @@ import pytest
 import camlens
 from camlens.app.state import AppState, Limits
 from camlens.cli import main
+from camlens.demo import CLASSES
 from tests.app.conftest import png_bytes
 
 pytest.importorskip("fastapi", reason="the app's optional extra (camlens[app]) is not installed")
@@ -61,6 +62,7 @@ def test_info_lists_methods_layers_examples(client: TestClient) -> None:
     assert [m["name"] for m in info["methods"]] == camlens.methods()
     assert {m["name"] for m in info["methods"] if m["slow"]} >= {"scorecam", "sscam", "iscam"}
     assert info["auto_layer"] == "features" and "features" in info["layers"]
+    assert info["classes"] == 6 and info["class_names"] == list(CLASSES)
     assert len(info["examples"]) == 6 and all(e["has_mask"] for e in info["examples"])
 
 

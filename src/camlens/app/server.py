@@ -107,7 +107,8 @@ def create_app(state: AppState) -> Any:
         return {
             "model": spec.name,
             "size": spec.size,
-            "classes": len(spec.classes),
+            "classes": state.num_classes,
+            "class_names": [state.class_name(c) for c in range(state.num_classes)],
             "layers": state.layers,
             "auto_layer": state.auto_layer,
             "methods": state.methods_info(),

@@ -205,6 +205,7 @@ class AppState:
         self.examples: list[str] = []
         self._add_examples(examples)
         probe = next(iter(self.images.values())).x if self.images else self._blank()
+        self.num_classes = int(self._predict(probe).shape[1])
         self.layers, self.channels = self._spatial_layers(probe)
         try:
             self.auto_layer: str | None = find_last_spatial_layer(self.model, probe)
@@ -246,15 +247,8 @@ class AppState:
             )
             self.examples.append(entry.id)
 
-    def _add(
-        self,
-        img: Image.Image,
-        name: str,
-        mask: Tensor | None = None,
-        label: int | None = None,
-        example: bool = False,
-    ) -> ImageEntry:
-        x = self._prepare(img)
+    def _predict(self, x: Tensor) -> Tensor:
+        """The model's (B, classes) logits for x, no grad, on the predictor copy."""
         x = x.to(next(self.model.parameters(), torch.empty(0)).device)
         with self._predict_lock, torch.no_grad():
             out = self._predictor(x)
@@ -265,6 +259,18 @@ class AppState:
             out = to_logits(out)
         if not isinstance(out, Tensor) or out.ndim != 2:
             raise CamlensError("the app explains classifiers whose output is (B, classes) logits")
+        return out
+
+    def _add(
+        self,
+        img: Image.Image,
+        name: str,
+        mask: Tensor | None = None,
+        label: int | None = None,
+        example: bool = False,
+    ) -> ImageEntry:
+        x = self._prepare(img).to(next(self.model.parameters(), torch.empty(0)).device)
+        out = self._predict(x)
         entry = ImageEntry(
             id=uuid.uuid4().hex[:12],
             name=name,

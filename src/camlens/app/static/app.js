@@ -93,6 +93,21 @@ async function init() {
     if (e.dataTransfer.files.length) upload(e.dataTransfer.files[0]);
   });
   $("#cancel").addEventListener("click", cancel);
+  const names = $("#class-names");
+  info.class_names.forEach((n, i) => names.append(el("option", { value: n }, `${i}`)));
+  $("#class-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const text = $("#class-id").value.trim();
+    let c = /^\d+$/.test(text) ? Number(text) : info.class_names.indexOf(text);
+    if (c < 0 || c >= info.classes) {
+      showError(`no class ${JSON.stringify(text)}: give a name from the list or an id in 0..${info.classes - 1}`);
+      return;
+    }
+    clearError();
+    ui.state.target = c;
+    renderClasses();
+    explain();
+  });
   if (info.examples.length) showImage(info.examples[0]);
 }
 
