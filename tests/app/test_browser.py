@@ -155,7 +155,7 @@ def test_upload_compare_recolour_switch_class_and_recover(page: Any, tmp_path: P
     # Choose two methods (one of them slow) and wait for both overlays as images.
     _choose(page, "layercam", "scorecam")
     _shown(page, "layercam", "scorecam")
-    assert all(t.endswith(" ms") for t in page.locator(".card .time").all_inner_texts())
+    assert all(" ms" in t for t in page.locator(".card .time").all_inner_texts())
     assert jobs[-1]["methods"] == ["layercam", "scorecam"]
     before = page.locator("img.overlay").first.get_attribute("src")
     shot_before = page.locator("img.overlay").first.screenshot()

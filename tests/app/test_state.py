@@ -79,6 +79,22 @@ def test_a_job_gives_what_camlens_explain_gives(state: AppState) -> None:
     assert not state.model._forward_pre_hooks and not state.model._forward_hooks
 
 
+def test_one_more_method_computes_only_that_one(state: AppState) -> None:
+    image = state.examples[2]
+    first = state.submit(image, ["hirescam"], "features.7", 4)
+    assert first.finished.wait(60) and first.status == "done"
+    calls = state.explain_calls
+    second = state.submit(image, ["hirescam", "xgradcam"], "features.7", 4)
+    assert second.finished.wait(60) and second.status == "done"
+    assert state.explain_calls == calls + 1
+    assert second.results["hirescam"] is first.results["hirescam"]
+    cached = {r["method"]: r["cached"] for r in state.job_info(second)["results"]}
+    assert cached == {"hirescam": True, "xgradcam": False}
+    other = state.submit(image, ["hirescam"], "features.7", 5)  # another class: computed
+    assert other.finished.wait(60) and state.explain_calls == calls + 2
+    assert not torch.equal(other.results["hirescam"].map, first.results["hirescam"].map)
+
+
 def test_rerendering_reads_the_cache(state: AppState) -> None:
     job = state.submit(state.examples[0], ["layercam"], "features.6", None)
     assert job.finished.wait(60) and job.status == "done"

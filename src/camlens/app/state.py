@@ -57,12 +57,14 @@ class JobCancelled(Exception):  # noqa: N818 - an outcome, not an error
 
 @dataclass(frozen=True)
 class Limits:
-    """What an upload may be: at most ``max_bytes`` bytes and ``max_pixels`` pixels."""
+    """What an upload may be (at most ``max_bytes`` bytes and ``max_pixels`` pixels), and how
+    many uploads, jobs and computed results are kept."""
 
     max_bytes: int = 10 * 1024 * 1024
     max_pixels: int = 4096 * 4096
     max_images: int = 64
     max_jobs: int = 32
+    max_cached: int = 256
 
 
 @dataclass
@@ -106,6 +108,7 @@ class Job:
     fraction: float = 0.0  # of the current method, where it can be known
     passes: int = 0  # forward passes of the current method
     results: dict[str, MethodResult] = field(default_factory=dict)
+    cached: set[str] = field(default_factory=set)  # methods answered from the cache
     error: str | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
     finished: threading.Event = field(default_factory=threading.Event)
@@ -191,6 +194,9 @@ class AppState:
         self.images: OrderedDict[str, ImageEntry] = OrderedDict()
         self.jobs: OrderedDict[str, Job] = OrderedDict()
         self.explain_calls = 0  # how many explanations were computed (tests read it)
+        # (image, method, layer, class) -> result: ticking one more method, or coming back to
+        # a class, does not recompute what was already computed.
+        self._cache: OrderedDict[tuple[str, str, str, int], MethodResult] = OrderedDict()
         # Predictions run on a copy, so that an upload is answered while a long job holds the
         # model (whose layers carry the engine's capture hooks during a job).
         try:
@@ -477,6 +483,15 @@ class AppState:
     def _run_method(self, job: Job, entry: ImageEntry, method: str) -> None:
         job.current, job.fraction, job.passes = method, 0.0, 0
         layer = job.layer or self.auto_layer
+        key = (entry.id, method, layer or "", job.target)
+        with self._store_lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+        if hit is not None:
+            job.cached.add(method)
+            job.results[method] = hit
+            return
         self._expected = self._expected_items(method, layer or "")
         result = MethodResult(method)  # published in job.results only once complete
         try:
@@ -488,7 +503,7 @@ class AppState:
             self.explain_calls += 1
         except CamlensError as exc:
             result.error = str(exc)
-            job.results[method] = result
+            self._publish(job, key, result)
             return
         name = ex.layers[0] if ex.layers else ""
         result.layer = ", ".join(ex.layers)
@@ -503,7 +518,15 @@ class AppState:
                 "pointing_game": float(pointing_game(maps, masks)[0]),
                 "iou": float(iou(maps, masks)[0]),
             }
-        job.results[method] = result
+        self._publish(job, key, result)
+
+    def _publish(self, job: Job, key: tuple[str, str, str, int], result: MethodResult) -> None:
+        """Show a complete result to the job's readers, and keep it for later jobs."""
+        job.results[result.method] = result
+        with self._store_lock:
+            self._cache[key] = result
+            while len(self._cache) > self.limits.max_cached:
+                self._cache.popitem(last=False)
 
     def job_info(self, job: Job) -> dict[str, Any]:
         """The job's status and, per finished method, its time, layer, metrics or error."""
@@ -527,6 +550,7 @@ class AppState:
                     "layer": r.layer,
                     "metrics": r.metrics,
                     "error": r.error,
+                    "cached": r.method in job.cached,
                 }
                 for r in list(job.results.values())
             ],

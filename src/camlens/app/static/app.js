@@ -267,7 +267,8 @@ function fill(job, r) {
     note.textContent = r.error;
     return;
   }
-  c.querySelector(".time").textContent = `${(1000 * r.seconds).toFixed(0)} ms`;
+  c.querySelector(".time").textContent =
+    `${(1000 * r.seconds).toFixed(0)} ms` + (r.cached ? " · cached" : "");
   c.querySelector(".heatmap-slot").append(
     el("img", { class: "heatmap", alt: `${r.method} heatmap`, src: renderUrl(job, r.method, "heatmap") }));
   c.querySelector(".overlay-slot").append(
