@@ -187,6 +187,7 @@ class AppState:
     ):
         self.spec = spec
         self.model: nn.Module = spec.model.eval()
+        self.device = next(self.model.parameters(), torch.empty(0)).device
         self.batch_size = int(batch_size)
         self.limits = limits or Limits()
         self.lock = threading.Lock()  # one explanation at a time on the shared model
@@ -220,7 +221,9 @@ class AppState:
 
     # ----------------------------------------------------------------- images
     def _blank(self) -> Tensor:
-        return self._prepare(Image.new("RGB", (self.spec.size,) * 2, (128, 128, 128)))
+        return self._prepare(Image.new("RGB", (self.spec.size,) * 2, (128, 128, 128))).to(
+            self.device
+        )
 
     def _prepare(self, img: Image.Image) -> Tensor:
         """One PIL image -> the (1, C, H, W) input the model expects (the spec's own
@@ -255,7 +258,7 @@ class AppState:
 
     def _predict(self, x: Tensor) -> Tensor:
         """The model's (B, classes) logits for x, no grad, on the predictor copy."""
-        x = x.to(next(self.model.parameters(), torch.empty(0)).device)
+        x = x.to(self.device)
         with self._predict_lock, torch.no_grad():
             out = self._predictor(x)
         from camlens import models
@@ -275,7 +278,7 @@ class AppState:
         label: int | None = None,
         example: bool = False,
     ) -> ImageEntry:
-        x = self._prepare(img).to(next(self.model.parameters(), torch.empty(0)).device)
+        x = self._prepare(img).to(self.device)
         out = self._predict(x)
         entry = ImageEntry(
             id=uuid.uuid4().hex[:12],
