@@ -264,6 +264,7 @@ def _cmd_app(args: argparse.Namespace) -> int:
             "it has no login, so anyone who reaches it can run the model",
             file=sys.stderr,
         )
+    _warn_random_weights(args)
     try:
         serve(args.model, args.weights, args.host, args.port, args.batch_size, args.device)
     except CamlensError as exc:

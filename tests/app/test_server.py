@@ -208,3 +208,12 @@ def test_a_chunked_upload_over_the_limit_is_cut_off(state: AppState) -> None:
             assert c.get("/api/info").status_code == 200
     finally:
         small.close()
+
+
+def test_cli_app_says_when_the_port_is_taken(capsys: Any) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        assert main(["app", "--port", str(port)]) == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err

@@ -186,6 +186,25 @@ def create_app(state: AppState) -> Any:
     return app
 
 
+def _listen(host: str, port: int) -> Any:
+    """A listening socket on host:port, or a :class:`CamlensError` that says what to change."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise CamlensError(
+            f"cannot listen on {host}:{port} ({exc.strerror or exc}); pass another --port "
+            "(or --host)"
+        ) from None
+    sock.listen(128)
+    return sock
+
+
 def serve(
     model: str = "demo",
     weights: str | None = None,
@@ -194,20 +213,30 @@ def serve(
     batch_size: int = 16,
     device: str = "cpu",
 ) -> None:
-    """Build the model (from the command line only), print the URL, and serve until Ctrl+C."""
+    """Build the model (from the command line only), listen, print the URL, serve until Ctrl+C.
+
+    The port is taken before the model is built, so a busy port fails at once; the URL is
+    printed once the socket listens.
+    """
     import torch
     import uvicorn
 
     from camlens.models import build_model
 
-    spec = build_model(model, weights)
-    spec.model.to(torch.device(device))
-    state = AppState(spec, batch_size=batch_size)
-    app = create_app(state)
+    sock = _listen(host, port)
+    try:
+        spec = build_model(model, weights)
+        spec.model.to(torch.device(device))
+        state = AppState(spec, batch_size=batch_size)
+    except BaseException:
+        sock.close()
+        raise
+    server = uvicorn.Server(uvicorn.Config(create_app(state), log_level="warning"))
     shown = f"[{host}]" if ":" in host else host
     print(f"camlens app: {model} at http://{shown}:{port}/  (Ctrl+C to stop)", flush=True)
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        server.run(sockets=[sock])
     finally:
         state.close()
-    sys.stdout.flush()
+        sock.close()
+        sys.stdout.flush()
