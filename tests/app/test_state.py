@@ -253,3 +253,26 @@ def test_a_spec_with_its_own_normalisation_is_used_both_ways() -> None:
         assert np.abs(back - np.asarray(pic, dtype=np.int16)).max() <= 1
     finally:
         st.close()
+
+
+class _Fragile(GapNet):
+    """Fails on batched passes, as a model might run out of memory on Score-CAM's chunks."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[0] > 1:
+            raise RuntimeError("out of memory (pretend)")
+        return super().forward(x)
+
+
+def test_an_unexpected_failure_stays_in_its_method() -> None:
+    spec = ModelSpec(_Fragile(classes=3), "fragile", [], size=32, resize=None, preset="none")
+    st = AppState(spec, batch_size=4, examples=1)
+    try:
+        job = st.submit(st.examples[0], ["scorecam", "gradcam"], "features", 0)
+        assert job.finished.wait(30) and job.status == "done"
+        assert job.results["scorecam"].error == "RuntimeError: out of memory (pretend)"
+        assert job.results["gradcam"].map is not None
+        again = st.submit(st.examples[0], ["scorecam"], "features", 0)
+        assert again.finished.wait(30) and "scorecam" not in again.cached  # not kept
+    finally:
+        st.close()

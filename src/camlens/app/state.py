@@ -504,9 +504,15 @@ class AppState:
             ex = explainer(entry.x, target)
             result.seconds = time.perf_counter() - start
             self.explain_calls += 1
-        except CamlensError as exc:
+        except CamlensError as exc:  # the method does not fit: say why, and keep the answer
             result.error = str(exc)
             self._publish(job, key, result)
+            return
+        except JobCancelled:
+            raise
+        except Exception as exc:  # anything else (out of memory, a model's own error): say it,
+            result.error = f"{type(exc).__name__}: {exc}"  # run the other methods, cache nothing
+            job.results[method] = result
             return
         name = ex.layers[0] if ex.layers else ""
         result.layer = ", ".join(ex.layers)
