@@ -227,6 +227,10 @@ def test_drop_an_image_and_download(page: Any, tmp_path: Path) -> None:
 def test_a_slow_method_shows_progress_and_cancels(page: Any) -> None:
     _shown(page, "gradcam", "gradcampp")
     _choose(page, "sscam")  # 96 channels x 10 samples, one forward each (--batch-size 1)
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.card h3')].map((h) => h.textContent).join() "
+        "=== 'sscam'"
+    )
     page.locator("#cancel").wait_for(state="visible")
     page.wait_for_function(
         "() => parseFloat(document.querySelector('#progress .bar').style.width) > 0"
