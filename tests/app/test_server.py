@@ -217,3 +217,8 @@ def test_cli_app_says_when_the_port_is_taken(capsys: Any) -> None:
         port = busy.getsockname()[1]
         assert main(["app", "--port", str(port)]) == 2
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+def test_cli_app_reports_a_bad_device(capsys: Any) -> None:
+    assert main(["app", "--port", str(_free_port()), "--device", "nodevice"]) == 2
+    assert "--device nodevice" in capsys.readouterr().err

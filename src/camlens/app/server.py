@@ -226,7 +226,11 @@ def serve(
     sock = _listen(host, port)
     try:
         spec = build_model(model, weights)
-        spec.model.to(torch.device(device))
+        try:
+            spec.model.to(torch.device(device))
+        except (RuntimeError, AssertionError, ValueError) as exc:
+            first = str(exc).splitlines()[0][:150] if str(exc) else type(exc).__name__
+            raise InputError(f"--device {device}: {first}; try --device cpu") from None
         state = AppState(spec, batch_size=batch_size)
     except BaseException:
         sock.close()
