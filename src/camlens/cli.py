@@ -265,6 +265,36 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 1 if results["errors"] and not results["methods"] else 0
 
 
+def _cmd_app(args: argparse.Namespace) -> int:
+    from camlens.errors import CamlensError
+
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+
+        from camlens.app.server import serve
+    except ImportError as exc:
+        _fail(
+            f"the app needs its optional extra ({exc.name} is missing): pip install 'camlens[app]'"
+        )
+        return 2
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(
+            f"camlens: warning: --host {args.host} makes the app reachable from other machines; "
+            "it has no login, so anyone who reaches it can run the model",
+            file=sys.stderr,
+        )
+    _warn_random_weights(args)
+    try:
+        serve(args.model, args.weights, args.host, args.port, args.batch_size, args.device)
+    except CamlensError as exc:
+        _fail(str(exc))
+        return 2
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="camlens",
@@ -386,6 +416,27 @@ def build_parser() -> argparse.ArgumentParser:
         "its formula follows.",
     )
     methods.set_defaults(func=_cmd_methods)
+
+    app = sub.add_parser(
+        "app",
+        help="a local web page to explore explanations",
+        description="Serve a local web page: upload an image (or pick a built-in example), "
+        "see the model's top classes, compare methods side by side at any layer, change the "
+        "colormap and opacity, download overlays and raw maps. Needs 'pip install camlens[app]'.",
+    )
+    app.add_argument(
+        "--model", default="demo", help="'demo' (default) or a model name as for 'camlens explain'"
+    )
+    app.add_argument("--weights", default=None, help="as for 'camlens explain'")
+    app.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
+    )
+    app.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    app.add_argument(
+        "--batch-size", type=int, default=16, help="forward batch of scorecam and friends"
+    )
+    app.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    app.set_defaults(func=_cmd_app)
     return parser
 
 
