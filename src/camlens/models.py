@@ -1,4 +1,4 @@
-"""Building the models the CLI can explain: torchvision classifiers by name, or the demo model."""
+"""Building the models the CLI can explain: torchvision classifiers by name, or the demo models."""
 
 from __future__ import annotations
 
@@ -35,9 +35,10 @@ def torchvision_names() -> list[str]:
 
 
 def build_model(name: str, weights: str | None = None) -> ModelSpec:
-    """``name``: "demo" or a torchvision classification model ("resnet50").
+    """``name``: "demo" (the shapes CNN), "demo-vit" (the shapes hybrid ViT) or a torchvision
+    classification model ("resnet50").
 
-    ``weights``: None (demo: the shipped weights; torchvision: random init), "DEFAULT"
+    ``weights``: None (demo models: the shipped weights; torchvision: random init), "DEFAULT"
     (torchvision's pretrained weights: needs the network or a filled torch hub cache), or a
     path to a state dict (safetensors, or torch with ``weights_only=True``).
     """
@@ -49,13 +50,23 @@ def build_model(name: str, weights: str | None = None) -> ModelSpec:
         else:
             model = load_weights(ShapesCNN(), weights).eval()
         return ModelSpec(model, name, list(CLASSES), size=96, resize=None, preset="none")
+    if name == "demo-vit":
+        from camlens.demo import CLASSES, ShapesViT, load_model
+
+        if weights in (None, "DEFAULT"):
+            model = load_model("vit")
+        else:
+            model = load_weights(ShapesViT(), weights).eval()
+        return ModelSpec(model, name, list(CLASSES), size=96, resize=None, preset="none")
     import torchvision
 
     names = torchvision_names()
     if name not in names:
         near = difflib.get_close_matches(name, names, n=4)
         hint = f" Did you mean {', '.join(near)}?" if near else ""
-        raise InputError(f"unknown model {name!r}.{hint} Use 'demo' or a torchvision name.")
+        raise InputError(
+            f"unknown model {name!r}.{hint} Use 'demo', 'demo-vit' or a torchvision name."
+        )
     enum = torchvision.models.get_model_weights(name)
     default = enum.DEFAULT
     if weights == "DEFAULT":
