@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="retrain the demo model (reproducible from --seed)",
         description="Train the shapes CNN from scratch on freshly generated images and save "
         "safetensors weights (about 5 minutes on 2 CPU cores). --model vit trains the hybrid "
-        "ViT's transformer on top of the shipped CNN's frozen features instead.",
+        "ViT's transformer on top of the shipped CNN's frozen features instead (400 steps).",
     )
     train.add_argument(  # SUPPRESS: 'demo --model vit train' keeps the parent's value
         "--model",
