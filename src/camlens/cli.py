@@ -24,7 +24,11 @@ def _fail(message: str) -> None:
 
 def _warn_random_weights(args: argparse.Namespace) -> None:
     """A torchvision or timm model without --weights has random weights: say so once."""
-    if args.weights is None and args.model != "demo" and not args.model.startswith("hf:"):
+    if (
+        args.weights is None
+        and args.model not in ("demo", "demo-vit")
+        and not args.model.startswith("hf:")
+    ):
         print(
             f"camlens: warning: {args.model} has random weights (pass --weights DEFAULT or PATH)",
             file=sys.stderr,
@@ -35,8 +39,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from camlens.demo.run import run_demo
 
     out = Path(args.out)
-    summary = run_demo(out)
+    summary = run_demo(out, model=args.model)
     print(f"model accuracy on shapes(1000, seed=12345): {summary['accuracy']:.1%}")
+    print(f"explained at layer {', '.join(summary['layers'])}")
     print(f"{'method':10s} {'pointing':>9s} {'energy':>8s} {'IoU':>6s}")
     for name, row in summary["methods"].items():
         print(
@@ -49,12 +54,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from camlens.demo.train import train
+    from camlens.demo.train import train, train_vit
 
-    result = train(args.out, seed=args.seed, steps=args.steps)
+    vit = args.model == "vit"
+    out = args.out or f"out/shapes_{args.model}.safetensors"
+    steps = args.steps or (400 if vit else 1500)
+    if vit:
+        result = train_vit(out, seed=args.seed, steps=steps)
+    else:
+        result = train(out, seed=args.seed, steps=steps)
+    extra = f", {result['accuracy_4242']:.1%} on shapes(300, seed=4242)" if vit else ""
     print(
-        f"wrote {args.out}: accuracy {result['test_accuracy']:.1%} on shapes(1000, seed=12345), "
-        f"{result['seconds']:.0f} s"
+        f"wrote {out}: accuracy {result['test_accuracy']:.1%} on shapes(1000, seed=12345)"
+        f"{extra}, {result['seconds']:.0f} s"
     )
     return 0
 
@@ -306,21 +318,37 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="explain the built-in shapes benchmark (the main job)",
         description="Explain the shipped shapes CNN on 240 generated images (1 and 2 objects) "
-        "with cam, gradcam, gradcampp and layercam; measure localisation against the "
-        "ground-truth masks; write grid.png, report.html, summary.json and raw_maps.npz.",
+        "with cam, gradcam, gradcampp and layercam (--model vit: the shipped hybrid ViT, with "
+        "gradcam, gradcampp and layercam at its last block's input norm); measure localisation "
+        "against the ground-truth masks; write grid.png, report.html, summary.json and "
+        "raw_maps.npz.",
     )
     demo.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
+    demo.add_argument(
+        "--model", choices=("cnn", "vit"), default="cnn", help="demo model (default: cnn)"
+    )
     demo.set_defaults(func=_cmd_demo)
     demo_sub = demo.add_subparsers(dest="demo_command", parser_class=_Parser)
     train = demo_sub.add_parser(
         "train",
         help="retrain the demo model (reproducible from --seed)",
         description="Train the shapes CNN from scratch on freshly generated images and save "
-        "safetensors weights. About 5 minutes on 2 CPU cores.",
+        "safetensors weights (about 5 minutes on 2 CPU cores). --model vit trains the hybrid "
+        "ViT's transformer on top of the shipped CNN's frozen features instead (400 steps).",
     )
-    train.add_argument("--out", default="out/shapes_cnn.safetensors", help="weights file")
+    train.add_argument(  # SUPPRESS: 'demo --model vit train' keeps the parent's value
+        "--model",
+        choices=("cnn", "vit"),
+        default=argparse.SUPPRESS,
+        help="which demo model (default: cnn)",
+    )
+    train.add_argument(
+        "--out", default=None, help="weights file (default: out/shapes_MODEL.safetensors)"
+    )
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--steps", type=int, default=1500, help="batches of 64 images")
+    train.add_argument(
+        "--steps", type=int, default=None, help="batches of 64 images (default: cnn 1500, vit 400)"
+    )
     train.set_defaults(func=_cmd_train)
 
     explain = sub.add_parser(
@@ -333,9 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument(
         "--model",
         required=True,
-        help="a torchvision classifier name (resnet50), 'demo', timm:NAME (pip install "
-        "camlens[timm]) or hf:LOCAL_DIR (a transformers save_pretrained folder, loaded offline; "
-        "pip install camlens[hf])",
+        help="a torchvision classifier name (resnet50), 'demo', 'demo-vit', timm:NAME (pip "
+        "install camlens[timm]) or hf:LOCAL_DIR (a transformers save_pretrained folder, loaded "
+        "offline; pip install camlens[hf])",
     )
     explain.add_argument(
         "--weights",
@@ -375,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--model",
         default="demo",
-        help="'demo' (default), a torchvision name, timm:NAME or hf:LOCAL_DIR",
+        help="'demo' (default), 'demo-vit', a torchvision name, timm:NAME or hf:LOCAL_DIR",
     )
     ev.add_argument("--weights", default=None, help="as for 'camlens explain'")
     ev.add_argument(

@@ -1,4 +1,4 @@
-"""Building the models the CLI can explain: torchvision classifiers by name, the demo model,
+"""Building the models the CLI can explain: torchvision classifiers by name, the demo models,
 timm models (``timm:NAME``) and saved Hugging Face transformers models (``hf:LOCAL_DIR``).
 
 timm and transformers are optional extras (``pip install camlens[timm]`` / ``camlens[hf]``);
@@ -106,13 +106,14 @@ def torchvision_names() -> list[str]:
 
 
 def build_model(name: str, weights: str | None = None) -> ModelSpec:
-    """``name``: "demo", a torchvision classification model ("resnet50"), ``"timm:NAME"`` (any
-    ``timm.create_model`` name, with an optional pretrained tag) or ``"hf:LOCAL_DIR"`` (a
-    directory written by a transformers image classifier's ``save_pretrained``).
+    """``name``: "demo" (the shapes CNN), "demo-vit" (the shapes hybrid ViT), a torchvision
+    classification model ("resnet50"), ``"timm:NAME"`` (any ``timm.create_model`` name, with an
+    optional pretrained tag) or ``"hf:LOCAL_DIR"`` (a directory written by a transformers image
+    classifier's ``save_pretrained``).
 
-    ``weights``: None (demo: the shipped weights; torchvision and timm: random init), "DEFAULT"
-    (torchvision's or timm's pretrained weights: needs the network or a filled cache), or a
-    path to a state dict (safetensors, or torch with ``weights_only=True``). ``hf:`` models
+    ``weights``: None (demo models: the shipped weights; torchvision and timm: random init),
+    "DEFAULT" (torchvision's or timm's pretrained weights: needs the network or a filled cache),
+    or a path to a state dict (safetensors, or torch with ``weights_only=True``). ``hf:`` models
     load the weights saved in their directory and take no ``weights``.
     """
     if name.startswith("timm:"):
@@ -127,6 +128,14 @@ def build_model(name: str, weights: str | None = None) -> ModelSpec:
         else:
             model = load_weights(ShapesCNN(), weights).eval()
         return ModelSpec(model, name, list(CLASSES), size=96, resize=None, preset="none")
+    if name == "demo-vit":
+        from camlens.demo import CLASSES, ShapesViT, load_model
+
+        if weights in (None, "DEFAULT"):
+            model = load_model("vit")
+        else:
+            model = load_weights(ShapesViT(), weights).eval()
+        return ModelSpec(model, name, list(CLASSES), size=96, resize=None, preset="none")
     import torchvision
 
     names = torchvision_names()
@@ -134,8 +143,8 @@ def build_model(name: str, weights: str | None = None) -> ModelSpec:
         near = difflib.get_close_matches(name, names, n=4)
         hint = f" Did you mean {', '.join(near)}?" if near else ""
         raise InputError(
-            f"unknown model {name!r}.{hint} Use 'demo', a torchvision name, timm:NAME or "
-            "hf:LOCAL_DIR."
+            f"unknown model {name!r}.{hint} Use 'demo', 'demo-vit', a torchvision name, "
+            "timm:NAME or hf:LOCAL_DIR."
         )
     enum = torchvision.models.get_model_weights(name)
     default = enum.DEFAULT
