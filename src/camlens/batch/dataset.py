@@ -75,6 +75,10 @@ class _Collate:
         return Batch(rows[0][0] // self.shard_size, [i for i, _ in good], images, bad)
 
 
+def _worker_init(_worker_id: int) -> None:
+    torch.set_num_threads(1)  # one decoding process per core; torch must not oversubscribe
+
+
 def loader(
     items: Sequence[str],
     shards: Sequence[int],
@@ -98,5 +102,7 @@ def loader(
             collate_fn=_Collate(shard_size),
             prefetch_factor=2 if workers else None,
             persistent_workers=False,
+            worker_init_fn=_worker_init,
+            generator=torch.Generator().manual_seed(0),  # leaves the caller's RNG alone
         )
     )

@@ -72,10 +72,6 @@ class ShardWriter:
             raise self.error
 
 
-def _worker_init(_worker_id: int) -> None:
-    torch.set_num_threads(1)
-
-
 def run_local(
     config: JobConfig,
     spec: Any,

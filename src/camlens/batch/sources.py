@@ -126,8 +126,9 @@ def _shapes_plan(n: int) -> tuple[np.ndarray, np.ndarray]:
 _PLANS: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
 
-def load(item: str) -> Image.Image:
+def load(item: str | Path) -> Image.Image:
     """One source -> RGB PIL image; unreadable files raise :class:`InputError`."""
+    item = str(item)
     if item.startswith("shapes:"):
         from camlens.demo.shapes import draw
 
