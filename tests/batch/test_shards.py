@@ -76,7 +76,7 @@ def test_check_job_refuses_another_job_naming_the_difference(tmp_path) -> None:
 
 def test_shards_without_manifest_are_refused(tmp_path) -> None:
     (tmp_path / "shard-00000.parquet").write_bytes(b"")
-    with pytest.raises(InputError, match="no manifest.json"):
+    with pytest.raises(InputError, match=r"no manifest\.json"):
         shards.check_job(tmp_path, {})
 
 
