@@ -16,7 +16,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line: what was wrong and where to read more."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+        self.exit(2, f"camlens: error: {message} (see '{self.prog} --help')\n")
 
 
 def _fail(message: str) -> None:
