@@ -123,3 +123,38 @@ def test_import_camlens_imports_no_optional_dependency() -> None:
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_whole_shards_and_the_rerun_completes(tmp_path) -> None:
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "o"
+    cmd = [
+        sys.executable,
+        "-c",
+        f"import sys; sys.path.insert(0, {SRC!r}); from camlens.cli import main; sys.exit(main())",
+        "batch", "shapes:300", "--model", "demo", "--out", str(out), "--shard-size", "10",
+        "--batch-size", "5", "--workers", "1",
+    ]  # fmt: skip
+    child = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(out.glob("shard-*.parquet"))) < 2:
+        time.sleep(0.01)
+    os.killpg(child.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole group
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 130, err
+    assert err.strip().splitlines()[-1].startswith("camlens: error: interrupted")
+    assert "Traceback" not in err
+    done = len(list(out.glob("shard-*.parquet")))
+    assert 2 <= done < 30
+    assert not [p for p in out.rglob("*") if "tmp" in p.name]
+    assert main(["batch", "shapes:300", "--model", "demo", "--out", str(out), "--shard-size",
+                 "10", "--batch-size", "5", "--workers", "0"]) == 0  # fmt: skip
+    import camlens.batch
+
+    result = camlens.batch.read(out)
+    assert result.complete and len(result) == 300
+    assert result.table()["index"].to_pylist() == list(range(300))

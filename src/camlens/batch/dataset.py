@@ -94,6 +94,13 @@ def loader(
     if not batches:
         return iter(())
     data = ImageDataset(items, size, resize, preset)
+    # Import what the workers run before forking them: each would otherwise import
+    # torchvision itself (seconds per worker, per run).
+    import torchvision.transforms.functional  # noqa: F401
+
+    import camlens.demo.shapes
+    import camlens.io  # noqa: F401
+
     return iter(
         DataLoader(
             data,

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from camlens.batch import shards as _shards
 from camlens.batch.core import JobConfig, build, check_device, config_dict
 from camlens.batch.sources import resolve
@@ -34,6 +36,13 @@ class RunSummary:
     written: int
     errors: int
     seconds: float
+
+
+def _parse(device: str) -> torch.device:
+    try:
+        return torch.device(device)
+    except (RuntimeError, ValueError):
+        raise InputError(f"--device {device!r} is not a device; use cpu, cuda, cuda:1") from None
 
 
 def default_workers() -> int:
@@ -95,11 +104,14 @@ def run(
         overlays=overlays,
     )
     config.validate()
-    dev = check_device(device)
+    # Ray: the device is the workers' (a driver without a GPU may drive a GPU cluster).
+    dev = check_device(device) if engine == "local" else _parse(device)
     source = resolve(input)
     spec = build(config)
+    # The job's identity: what it computes, not how it was spelled (the input and weights as
+    # typed are recorded beside it; the sources and the weights are pinned by their hashes).
     job = {
-        **config_dict(config),
+        **{k: v for k, v in config_dict(config).items() if k not in ("input", "weights")},
         "images": len(source),
         "sources_sha256": source.fingerprint(),
         "weights_sha256": _shards.weights_sha256(spec.model),
@@ -121,6 +133,7 @@ def run(
     }
     if manifest is None:
         manifest = {"format": _shards.FORMAT, "job": job, "shards": 0, "complete": False}
+    manifest.update(input=config.input, weights=config.weights)
     n_shards = -(-len(source) // shard_size)
     manifest.update(shards=n_shards, versions=_shards.versions())
     manifest.setdefault("runs", []).append(run_record)

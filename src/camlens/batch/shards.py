@@ -108,11 +108,10 @@ def finished_shards(out: Path) -> set[int]:
 def remove_temporaries(out: Path) -> int:
     """Delete what an interrupted run left half-written (``*.tmp*`` in OUT and overlays/)."""
     removed = 0
-    for folder in (out, out / "overlays"):
-        if folder.is_dir():
-            for p in folder.rglob(".*.tmp*"):
-                p.unlink(missing_ok=True)
-                removed += 1
+    if out.is_dir():
+        for p in out.rglob(".*.tmp*"):
+            p.unlink(missing_ok=True)
+            removed += 1
     return removed
 
 
