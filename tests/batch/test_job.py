@@ -81,6 +81,9 @@ def test_unreadable_files_go_to_errors_csv_and_the_rest_is_explained(tmp_path, p
     a = out.table(["map", "target"])
     b = camlens.batch.read(tmp_path / "s").table(["map", "target"])
     assert a.equals(b)
+    # The same job spelled differently (a trailing slash) is the same job: it resumes.
+    again = _run(f"{png_folder}/", tmp_path / "o", shard_size=3)
+    assert (again.skipped, again.written) == (3, 0)
 
 
 def test_rerun_skips_finished_shards_and_redoes_a_missing_one(tmp_path) -> None:
