@@ -20,7 +20,8 @@ round-robin (``--rounds``), images/s from the median wall time:
 Every contender first runs once on 8 other files (warm-up), untimed.
 
 Memory: ``camlens.batch.run("shapes:N")`` in a fresh child process for each N in
-``--memory``; the peak resident set size (``ru_maxrss``) of the job's process and of its
+``--memory``; the peak resident set size of the job's process (``VmHWM``: ``ru_maxrss`` would
+keep the high-water mark of the forking parent across ``exec``) and ``ru_maxrss`` of its
 largest DataLoader worker, and the job process's growth over its RSS after the imports (most
 of the peak is torch's libraries). Flat in N means the job streams.
 """
@@ -113,8 +114,8 @@ before = int(open("/proc/self/statm").read().split()[1]) * page // 1024
 with tempfile.TemporaryDirectory() as out:
     camlens.batch.run("shapes:{n}", out, "demo", methods=["gradcam"], workers={workers},
                       progress=False)
-print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-      resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0].split()[1]
+print(before, hwm, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 """
     start = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)

@@ -109,6 +109,13 @@ def test_a_different_job_into_the_same_out_is_refused(tmp_path, change) -> None:
         _run("shapes:5", tmp_path)
 
 
+def test_a_job_that_failed_before_its_first_shard_does_not_block_a_corrected_one(tmp_path) -> None:
+    with pytest.raises(camlens.LayerNotFoundError):
+        _run("shapes:4", tmp_path, layer="nope")
+    assert _run("shapes:4", tmp_path).written == 1
+    assert camlens.batch.read(tmp_path).manifest["job"]["layer"] is None
+
+
 def test_bad_arguments_fail_before_any_work(tmp_path) -> None:
     with pytest.raises(MethodNotFoundError):
         _run("shapes:4", tmp_path, methods=["nope"])

@@ -66,6 +66,8 @@ def test_check_job_refuses_another_job_naming_the_difference(tmp_path) -> None:
     job = {"methods": ["gradcam"], "shard_size": 10}
     assert shards.check_job(tmp_path, job) is None
     shards.write_manifest(tmp_path, {"format": shards.FORMAT, "job": job})
+    assert shards.check_job(tmp_path, {**job, "methods": ["cam"]}) is None  # no shard yet
+    shards.write_shard(tmp_path, 0, [], [], ["gradcam"])
     assert shards.check_job(tmp_path, dict(job))["job"] == job
     with pytest.raises(JobMismatchError, match=r"methods: \['gradcam'\] there, \['layercam'\] now"):
         shards.check_job(tmp_path, {**job, "methods": ["layercam"]})

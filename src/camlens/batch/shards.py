@@ -216,10 +216,11 @@ def write_manifest(out: Path, manifest: dict[str, Any]) -> None:
 
 
 def check_job(out: Path, job: dict[str, Any]) -> dict[str, Any] | None:
-    """The existing manifest if OUT holds the same job; None if OUT holds no job yet.
+    """The existing manifest if OUT holds the same job; None if OUT holds no shard yet (a job
+    that failed before its first shard, say on a bad layer name, does not block a corrected one).
 
-    Raises :class:`JobMismatchError` naming the differing parameters when OUT holds another
-    job, and :class:`InputError` when OUT holds shards without a manifest.
+    Raises :class:`JobMismatchError` naming the differing parameters when OUT holds shards of
+    another job, and :class:`InputError` when OUT holds shards without a manifest.
     """
     manifest = read_manifest(out)
     if manifest is None:
@@ -230,6 +231,8 @@ def check_job(out: Path, job: dict[str, Any]) -> dict[str, Any] | None:
             )
         return None
     old = manifest.get("job", {})
+    if not finished_shards(out):
+        return None  # no row written yet: nothing to mix, the new job replaces the old one
     if manifest.get("format") != FORMAT or old != job:
         keys = sorted(k for k in set(old) | set(job) if old.get(k) != job.get(k))
         shown = ", ".join(f"{k}: {old.get(k)!r} there, {job.get(k)!r} now" for k in keys[:4])
