@@ -1,4 +1,5 @@
-"""The ``camlens`` command: ``demo``, ``demo train``, ``explain``, ``evaluate``, ``methods``."""
+"""The ``camlens`` command: ``demo``, ``demo train``, ``explain``, ``evaluate``, ``batch``,
+``methods``."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line: what was wrong and where to read more."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+        self.exit(2, f"camlens: error: {message} (see '{self.prog} --help')\n")
 
 
 def _fail(message: str) -> None:
@@ -118,7 +119,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     if not loaded:
         _fail("no readable image to explain")
         return 1
-    device = torch.device(args.device)
+    device = _device(args.device)
     model = spec.model.to(device)
     x = spec.preprocess(loaded).to(device)
     with torch.no_grad():
@@ -179,6 +180,47 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         save_raw(raw, out / "raw_maps.npz")
     print(f"wrote {written} overlays and raw_maps.npz to {out}")
     return 1 if failed else 0
+
+
+def _device(name: str) -> torch.device:
+    """--device -> torch.device; a one-line error when this machine does not have it."""
+    from camlens.batch.core import check_device
+
+    return check_device(name)
+
+
+def _cmd_batch(args: argparse.Namespace) -> int:
+    import camlens.batch
+
+    _warn_random_weights(args)
+    summary = camlens.batch.run(
+        args.input,
+        args.out,
+        args.model,
+        weights=args.weights,
+        methods=args.methods,
+        layer=args.layer,
+        target=args.target,
+        topk=args.topk,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        shard_size=args.shard_size,
+        overlays=args.overlays,
+        engine=args.engine,
+        device=args.device,
+        ray_address=args.ray_address,
+    )
+    print(
+        f"{summary.images} images in {summary.shards} shards: {summary.written} written, "
+        f"{summary.skipped} already done; output in {summary.out} ({summary.seconds:.1f} s)"
+    )
+    if summary.errors:
+        print(
+            f"camlens: warning: {summary.errors} file(s) could not be read, listed in "
+            f"{summary.out / 'errors.csv'}",
+            file=sys.stderr,
+        )
+    return 0
 
 
 def _parse_data(spec: str) -> tuple[str, int | Path]:
@@ -244,7 +286,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     baseline = 0.0 if stats is None else black(*stats)
     layer = args.layer if args.layer else ("features" if args.model == "demo" else None)
     torch.manual_seed(args.seed)
-    model = spec.model.to(torch.device(args.device))
+    model = spec.model.to(_device(args.device))
     out = Path(args.out)
     count = f"{len(names)} method{'s' if len(names) != 1 else ''}"
     print(f"evaluating {count} of {args.model} on {data.description}")
@@ -311,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="camlens",
         description="Class activation maps: see what an image model looked at.",
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="show the full traceback of an expected error"
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -436,6 +481,43 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     ev.set_defaults(func=_cmd_evaluate)
 
+    batch = sub.add_parser(
+        "batch",
+        help="explain a whole dataset into sharded Parquet (resumable; local or Ray)",
+        description="Explain every image of INPUT and write one Parquet shard per "
+        "--shard-size images into --out (one row per image, method and target: source, class, "
+        "score, the raw map as float16 and its shape, the top-5 classes), with manifest.json "
+        "and errors.csv. Rerun the same command to resume an interrupted job.",
+    )
+    batch.add_argument(
+        "input",
+        metavar="INPUT",
+        help="a folder (recursive), a glob ('imgs/**/*.jpg'), a text file of paths, or "
+        "shapes:N (the built-in images)",
+    )
+    batch.add_argument("--model", required=True, help="a torchvision classifier name or 'demo'")
+    batch.add_argument("--weights", default=None, help="as for 'camlens explain'")
+    batch.add_argument("--methods", nargs="+", default=["gradcam"], help="method names")
+    batch.add_argument("--out", required=True, help="output folder (resumed if it holds the job)")
+    batch.add_argument("--layer", default=None, help="dotted layer name (default: automatic)")
+    bgroup = batch.add_mutually_exclusive_group()
+    bgroup.add_argument("--target", type=int, default=None, help="class id for every image")
+    bgroup.add_argument("--topk", type=int, default=1, help="explain each image's top K classes")
+    batch.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    batch.add_argument(
+        "--workers", type=int, default=None, help="decoding processes (default: spare cores, <= 4)"
+    )
+    batch.add_argument("--shard-size", type=int, default=1000, help="images per Parquet shard")
+    batch.add_argument("--overlays", action="store_true", help="also write overlay PNGs")
+    batch.add_argument("--engine", choices=["local", "ray"], default="local")
+    batch.add_argument(
+        "--ray-address",
+        default=None,
+        help="with --engine ray: auto or ray://head:10001 (default: start a local Ray)",
+    )
+    batch.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    batch.set_defaults(func=_cmd_batch)
+
     methods = sub.add_parser(
         "methods",
         help="list the registered methods and their papers",
@@ -473,7 +555,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "topk", 1) < 1:
         _fail("--topk must be at least 1")
         return 2
-    return int(args.func(args))
+    from camlens.errors import CamlensError
+
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        _fail("interrupted (a batch job keeps its finished shards: rerun it to resume)")
+        return 130
+    except (CamlensError, OSError) as exc:  # expected failures: one line, no traceback
+        if args.debug:
+            raise
+        if isinstance(exc, OSError) and not isinstance(exc, CamlensError) and exc.filename:
+            _fail(f"{exc.filename}: {exc.strerror or exc} (check the path and its permissions)")
+        else:
+            _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return 2
 
 
 if __name__ == "__main__":
