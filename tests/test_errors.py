@@ -90,20 +90,26 @@ def test_cam_without_gap_linear_head_suggests_gradcam() -> None:
 
 
 class DictModel(nn.Module):
-    def __init__(self):
+    def __init__(self, key: str = "out"):
         super().__init__()
         self.net = GapNet()
+        self.key = key
 
     def forward(self, x):
-        return {"out": self.net(x)}
+        return {self.key: self.net(x)}
 
 
-def test_model_returning_a_dict_needs_a_callable_target() -> None:
-    model = DictModel()
+def test_model_returning_an_unknown_dict_needs_a_callable_target() -> None:
     x = torch.randn(2, 3, 8, 8)
-    with pytest.raises(camlens.UnsupportedModelError, match=r"dict with keys \['out'\]"):
+    # 'logits' (HF ModelOutput) and 'out' (torchvision segmentation) are read as the output
+    plain = camlens.explain(DictModel("logits"), x, layer="net.features")
+    assert plain.logits is not None and plain.logits.shape == (2, 5)
+    model = DictModel("scores")
+    with pytest.raises(
+        camlens.UnsupportedModelError, match=r"dict with keys \['scores'\].*target="
+    ):
         camlens.explain(model, x, layer="net.features")
-    ex = camlens.explain(model, x, layer="net.features", target=lambda o: o["out"][:, 0])
+    ex = camlens.explain(model, x, layer="net.features", target=lambda o: o["scores"][:, 0])
     assert ex.maps.shape == (2, 8, 8)
 
 

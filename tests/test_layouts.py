@@ -51,18 +51,36 @@ def test_ambiguous_geometry_asks_the_module_then_names_the_option() -> None:
     shape = (2, 8, 8, 8)
     assert infer_layout("c", shape, (32, 32), nn.Conv2d(3, 8, 3)).kind == "channels_first"
     assert infer_layout("n", shape, (32, 32), nn.LayerNorm(8)).kind == "channels_last"
-    block = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU())
-    assert infer_layout("b", shape, (32, 32), block).kind == "channels_first"
     with pytest.raises(LayerError, match=r"layout='nchw'.*'nhwc'.*callable"):
         infer_layout("relu", shape, (32, 32), nn.ReLU())
     assert infer_layout("relu", shape, (32, 32), nn.ReLU(), spec="nhwc").kind == "channels_last"
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """torchvision's ConvNeXt norm: a LayerNorm subclass that works channels-first."""
+
+
+def test_containers_and_layernorm_subclasses_never_decide() -> None:
+    # a ConvNeXt block ends with a Linear inside a permuted MLP but outputs channels-first:
+    # at C == h == w the block must not be read channels-last
+    block = nn.Sequential(nn.Conv2d(8, 8, 7, padding=3), nn.Linear(8, 8))
+    for module in (block, LayerNorm2d(8)):
+        with pytest.raises(LayerError, match="layout="):
+            infer_layout("b", (2, 8, 8, 8), (32, 32), module)
+    assert infer_layout("b", (2, 8, 8, 8), (32, 32), block, spec="nchw").kind == "channels_first"
 
 
 def test_impossible_layouts_name_the_option() -> None:
     with pytest.raises(LayerError, match="layout="):
         infer_layout("x", (2, 10, 64), (224, 224))  # 10 tokens: no grid of patches
     with pytest.raises(LayerError, match="layout="):
-        infer_layout("x", (2, 5, 300, 300), (224, 224))
+        infer_layout("x", (2, 5, 4, 3, 2), (224, 224))  # 5-D for a 2-D input
+
+
+def test_unpadded_convolutions_on_non_square_inputs_read_channels_first() -> None:
+    # three unpadded 5 x 5 convolutions: 40 x 80 -> 28 x 68, no common stride
+    assert infer_layout("f", (1, 8, 28, 68), (40, 80)).kind == "channels_first"
+    assert infer_layout("f", (1, 28, 68, 8), (40, 80), nn.Linear(4, 8)).kind == "channels_last"
 
 
 def test_volumes_allow_their_own_time_stride() -> None:

@@ -307,10 +307,10 @@ def tiny_detector() -> nn.Module:
     backbone = nn.Sequential(
         nn.Conv2d(3, 8, 3, stride=2, padding=1),
         nn.ReLU(),
-        nn.Conv2d(8, 16, 3, stride=2, padding=1),
+        nn.Conv2d(8, 12, 3, stride=2, padding=1),
         nn.ReLU(),
     )
-    backbone.out_channels = 16
+    backbone.out_channels = 12
     anchors = AnchorGenerator(sizes=((16, 32),), aspect_ratios=((0.5, 1.0, 2.0),))
     pool = MultiScaleRoIAlign(featmap_names=["0"], output_size=4, sampling_ratio=2)
     return FasterRCNN(
@@ -353,3 +353,38 @@ def test_detector_one_map_per_detection() -> None:
     assert one.maps.shape == (1, 1, 64, 64) and bool(one.extras["matched"].all())
     assert torch.allclose(one.raw["backbone"][0, 0], ex.raw["backbone"][0, 0], atol=1e-6)
     assert hook_count(model) == 0
+
+
+def test_detector_maps_line_up_with_the_image_despite_padding() -> None:
+    """A 64 x 80 image is padded to 64 x 96 inside the detector: the padding's columns of the
+    feature map must not be stretched over the image."""
+    model = tiny_detector()
+    model.transform.min_size, model.transform.max_size = (64,), 80
+    explainer = camlens.Explainer(model, "gradcam", "backbone")
+    ex = explainer(list(torch.rand(1, 3, 64, 80)), T.detections(score_threshold=0.0))
+    assert explainer._frame == ((64, 96), (64, 80))
+    raw = torch.zeros(1, 16, 24)  # the padded 64 x 96 frame at stride 4
+    raw[0, :, 19] = 1.0  # the last feature column over the image: pixels 76..79 of 80
+    framed = explainer._framed(raw)
+    assert framed.shape == (1, 64, 80)
+    assert float(framed[0, :, :70].max()) == 0.0 and float(framed[0, :, 76:].min()) > 0.4
+    assert ex.maps.shape[-2:] == (64, 80)
+
+
+def test_a_list_for_a_classifier_is_a_clear_error() -> None:
+    from tests.conftest import GapNet
+
+    gapnet = GapNet().eval()
+    with pytest.raises(camlens.InputError, match="list of images"):
+        camlens.explain(gapnet, list(torch.randn(2, 3, 16, 16)), "gradcam")
+
+
+@pytest.mark.parametrize("method", ["scorecam", "iscam", "eigencam", "ablationcam", "hirescam"])
+def test_volumes_for_methods_beyond_the_gradient_family(method: str) -> None:
+    torch.manual_seed(0)
+    model = Tiny3d().eval()
+    x = torch.randn(2, 2, 6, 8, 8)
+    options = {"steps": 2} if method == "iscam" else {}
+    ex = camlens.explain(model, x, method, "features", target=T.top(2), batch_size=8, **options)
+    assert ex.maps.shape == (2, 2, 6, 8, 8) and ex.raw["features"].shape == (2, 2, 3, 4, 4)
+    assert torch.isfinite(ex.maps).all()

@@ -98,3 +98,16 @@ def test_box_iou() -> None:
     a = torch.tensor([[0.0, 0, 10, 10]])
     b = torch.tensor([[0.0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30]])
     assert torch.allclose(T.box_iou(a, b), torch.tensor([[1.0, 50 / 150, 0.0]]))
+
+
+def test_score_cam_scores_each_masked_image_once_for_all_targets(gapnet, images) -> None:
+    seen: list[int] = []
+    handle = gapnet.register_forward_hook(lambda _m, inp, _o: seen.append(inp[0].shape[0]))
+    try:
+        camlens.explain(gapnet, images, "scorecam", target=0)
+        one = sum(seen)
+        seen.clear()
+        camlens.explain(gapnet, images, "scorecam", target=T.top(3))
+    finally:
+        handle.remove()
+    assert sum(seen) == one

@@ -10,7 +10,6 @@ after them. No ``backward()``, no parameter ``.grad``, no ``retain_graph``.
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -36,7 +35,7 @@ from camlens.layers import (
     resolve_layers,
 )
 from camlens.layouts import Layout, LayoutSpec, infer_layout, is_detections, primary_output
-from camlens.maps import minmax, to_heatmap
+from camlens.maps import minmax, to_heatmap, upsample
 from camlens.probe import Probe
 from camlens.registry import MethodInfo, get_method
 from camlens.suffix import layer_runner
@@ -334,6 +333,19 @@ class Explainer:
                 "it outside inference_mode (torch.no_grad() is fine), or use a gradient-free "
                 "method (cam, scorecam, ablationcam, eigencam, reciprocam)"
             )
+        try:
+            return self._explain(images, model_input, target)
+        except TypeError as exc:
+            if not isinstance(model_input, (list, tuple)):
+                raise
+            raise InputError(
+                f"{type(model).__name__} does not take a list of images "
+                f"({str(exc).splitlines()[0]}); pass a (B, C, H, W) tensor (lists are for "
+                "torchvision detectors)"
+            ) from exc
+
+    def _explain(self, images: Tensor, model_input: Any, target: TargetSpec) -> Explanation:
+        model, info = self.model, self.method
         with preserved_model(model):
             if self._layers is None:
                 self._layers = resolve_layers(model, find_default_layer(model, model_input))
@@ -521,27 +533,21 @@ class Explainer:
     def _input_probe(
         self, images: Tensor, act: Tensor, ids: Tensor, scores: Tensor, name: str, options: dict
     ) -> Tensor:
-        """Score-CAM family: one probe per target column (their masks are shared)."""
+        """Score-CAM family: every masked image is scored once for all T targets."""
         info = self.method
-        columns = [ids] if ids.ndim == 1 else list(ids.T)
-        col_scores = [scores] if scores.ndim == 1 else list(scores.T)
-        raws = []
-        for col_ids, col_s in zip(columns, col_scores, strict=True):
-            probe = Probe(
-                lambda x, _owner: self.model(x),
-                images,
-                act,
-                col_ids,
-                col_s.detach(),
-                self.batch_size,
-                self.progress,
-                self.seed,
-                desc=f"{info.name} {name}",
-            )
-            raws.append(info.fn(act, probe, **options))
-        if ids.ndim == 1:
-            return raws[0]
-        return torch.stack(raws, dim=1).reshape(-1, *raws[0].shape[1:])
+        probe = Probe(
+            lambda x, _owner: self.model(x),
+            images,
+            act,
+            ids,
+            scores.detach(),
+            self.batch_size,
+            self.progress,
+            self.seed,
+            desc=f"{info.name} {name}",
+        )
+        raw = info.fn(act, probe, **options)
+        return raw if ids.ndim == 1 else raw.reshape(-1, *raw.shape[2:])
 
     def _class_weights(
         self, act: Tensor, output: Any, ids: Tensor, capture: _Capture, name: str
@@ -757,20 +763,17 @@ class Explainer:
             extras=result.extras,
         )
 
-    def _crop(self, raw: Tensor) -> Tensor:
-        """A detector's feature map covers the resized image plus padding to a multiple of 32:
-        keep the cells over the image, so the map lines up with it after upsampling."""
+    def _framed(self, raw: Tensor) -> Tensor:
+        """A detector's feature map covers the resized image plus its padding to a multiple of
+        32: upsample the positive map to the padded size and keep the resized image's pixels,
+        so that it lines up with the input after the final resize. raw: (N, *s)."""
         if self._frame is None:
             return raw
         padded, resized = self._frame
-        nd = len(padded)
-        if raw.ndim < nd + 1 or any(r > p for r, p in zip(resized, padded, strict=True)):
+        if len(padded) != raw.ndim - 1 or any(r > p for r, p in zip(resized, padded, strict=True)):
             return raw
-        spatial = raw.shape[-nd:]
-        index = [slice(None)] * (raw.ndim - nd)
-        for cells, r, p in zip(spatial, resized, padded, strict=True):
-            index.append(slice(0, max(1, min(cells, math.ceil(cells * r / p)))))
-        return raw[tuple(index)]
+        full = upsample(raw.clamp(min=0), padded)
+        return full[(slice(None), *(slice(0, r) for r in resized))]
 
     def _explanation(
         self,
@@ -783,9 +786,8 @@ class Explainer:
     ) -> Explanation:
         size = tuple(images.shape[2:])
         nd = len(size)
-        raws = [self._crop(r) for r in raws]
         lead = raws[0].shape[: raws[0].ndim - nd]  # (B,) or (B, T)
-        flat = [r.reshape(-1, *r.shape[-nd:]) for r in raws]
+        flat = [self._framed(r.reshape(-1, *r.shape[-nd:])) for r in raws]
         with torch.no_grad():
             maps = to_heatmap(flat[0], size) if len(flat) == 1 else minmax(fuse_layers(flat, size))
         return Explanation(

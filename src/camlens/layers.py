@@ -129,14 +129,15 @@ def find_default_layer(model: nn.Module, images: Any, call: Any = None) -> str:
     from camlens.layouts import _fits, token_grid
 
     first = images[:1]
+    probe: Any
     if isinstance(first, Tensor):
-        probe = first.detach().clone().requires_grad_(first.is_floating_point())
+        probe = first.detach()
         spatial = tuple(first.shape[2:])
     else:
-        probe = [im.detach().clone().requires_grad_(im.is_floating_point()) for im in first]
+        probe = [im.detach() for im in first]
         spatial = tuple(first[0].shape[1:])
     root = _search_root(model)
-    events: list[tuple[str, nn.Module, Any, tuple[int, ...] | None]] = []
+    events: list[tuple[str, nn.Module, Any, Any, tuple[int, ...] | None]] = []
     counts: dict[str, int] = {}
     state: dict[str, Any] = {"grid": None, "inputs": spatial, "head": None}
     hooks = []
@@ -173,40 +174,56 @@ def find_default_layer(model: nn.Module, images: Any, call: Any = None) -> str:
 
         def hook(m: nn.Module, _i: Any, out: Any, name: str = name) -> None:
             counts[name] = counts.get(name, 0) + 1
-            if isinstance(out, Tensor):
-                events.append((name, m, out, state["grid"]))
+            if isinstance(out, Tensor):  # keep only token outputs (for the gradient check)
+                events.append((name, m, out if out.ndim == 3 else None, out.shape, state["grid"]))
 
         hooks.append(module.register_forward_hook(hook))
+
+    def dry(grad: bool) -> tuple[Any, list[str], list[tuple[str, Tensor, int]], dict[str, int]]:
+        """One forward on the first image: spatial candidates and token-norm candidates."""
+        events.clear()
+        counts.clear()
+        state["head"] = None
+        x = probe
+        if grad:  # the patch tokens must sit in a graph even when every parameter is frozen
+            x = (
+                probe.detach().requires_grad_(True)
+                if isinstance(probe, Tensor)
+                else [im.detach().requires_grad_(True) for im in probe]
+            )
+        with torch.set_grad_enabled(grad):
+            output = model(x) if call is None else call(model, x)
+        spatial_cands: list[str] = []
+        token_cands: list[tuple[str, Tensor, int]] = []
+        order = {name: i for i, (name, *_rest) in enumerate(events)}
+        nd = len(state["inputs"])
+        for name, module, out, shape, grid in events:
+            if counts[name] != 1:
+                continue
+            shape = tuple(shape)
+            if len(shape) == nd + 2 and not isinstance(module, _NORMS):
+                last = _fits(shape[1:-1], state["inputs"]) and not _fits(shape[2:], state["inputs"])
+                if max(shape[1:-1] if last else shape[2:]) > 1:
+                    spatial_cands.append(name)
+            elif len(shape) == 3 and isinstance(module, nn.LayerNorm) and out is not None:
+                found = token_grid(shape[1], state["inputs"], grid)
+                if found is not None and found[1] and max(found[1]) > 1:
+                    token_cands.append((name, out, found[0]))
+        return output, spatial_cands, token_cands, order
+
     try:
-        with torch.enable_grad():
-            output = model(probe) if call is None else call(model, probe)
-            spatial_cands: list[str] = []
-            token_cands: list[tuple[str, Tensor, int]] = []
-            order = {name: i for i, (name, *_rest) in enumerate(events)}
-            nd = len(state["inputs"])
-            for name, module, out, grid in events:
-                if counts[name] != 1:
-                    continue
-                shape = tuple(out.shape)
-                if out.ndim == nd + 2 and not isinstance(module, _NORMS):
-                    if (
-                        _fits(shape[2:], state["inputs"]) or _fits(shape[1:-1], state["inputs"])
-                    ) and (
-                        max(shape[2:]) > 1
-                        if _fits(shape[2:], state["inputs"])
-                        else max(shape[1:-1]) > 1
-                    ):
-                        spatial_cands.append(name)
-                elif out.ndim == 3 and isinstance(module, nn.LayerNorm) and out.requires_grad:
-                    found = token_grid(shape[1], state["inputs"], grid)
-                    if found is not None and found[1] and max(found[1]) > 1:
-                        token_cands.append((name, out, found[0]))
-            valid_tokens: list[str] = []
-            score = _reach_score(output, state["head"]) if token_cands else None
+        # CNNs need no gradient: a plain no-grad forward. Token models get a second forward with
+        # autograd on, to check which patch tokens reach the score.
+        output, spatial_cands, token_cands, order = dry(grad=False)
+        valid_tokens: list[str] = []
+        if token_cands:
+            output, spatial_cands, token_cands, order = dry(grad=True)
+            score = _reach_score(output, state["head"])
             if score is not None:
-                grads = torch.autograd.grad(
-                    score, [o for _, o, _ in token_cands], allow_unused=True
-                )
+                with torch.enable_grad():
+                    grads = torch.autograd.grad(
+                        score, [o for _, o, _ in token_cands], allow_unused=True
+                    )
                 for (name, _o, prefix), g in zip(token_cands, grads, strict=True):
                     if g is not None and bool(g[:, prefix:].abs().sum() > 0):
                         valid_tokens.append(name)

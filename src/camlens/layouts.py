@@ -13,8 +13,10 @@ A :class:`Layout` turns such an activation (and its gradient, which has the same
 grid comes from the patch embedding's output seen in the same forward pass (or, failing that,
 from the input size); channels-first versus channels-last comes from the geometry of the input
 (spatial dimensions shrink with the input by one common stride, so a channel count cannot pass
-for a spatial size), and when both readings fit, from the module that produced the tensor. What
-cannot be decided raises an error that names the ``layout=`` option.
+for a spatial size), and when both readings fit, from the module that produced the tensor (a
+leaf: a container's last layer can sit inside a permuted block). What cannot be decided raises
+an error that names the ``layout=`` option; a map that neither reading fits (unpadded
+convolutions on non-square inputs) is read channels-first, PyTorch's convention.
 
 The second half of this module turns a model's output (a tensor, a dict or HF ``ModelOutput``
 with ``logits``, torchvision segmentation's ``{"out": ...}``, a tuple) into the tensor that
@@ -86,62 +88,55 @@ class Layout:
         return values[:, self.prefix :].reshape(values.shape[0], *self.grid)
 
 
-def _fits(spatial: tuple[int, ...], inputs: tuple[int, ...]) -> bool:
-    """Whether ``spatial`` can be the input's spatial shape divided by one common stride.
+def _fit_error(spatial: tuple[int, ...], inputs: tuple[int, ...]) -> float:
+    """How far ``spatial`` is from the input's spatial shape divided by one common stride.
 
-    Each feature dimension d_i of a network with total stride s is D_i / s up to the rounding
-    of padded or unpadded convolutions and pooling: d_i - 1 <= D_i / s <= d_i + 1. The strides
-    allowed by each dimension must overlap, and no feature dimension exceeds the input's. For
-    volumes and video (three dimensions) the first one (depth, time) may have its own stride,
-    as video networks downsample time differently: only (h, w) must share one.
+    A network with total stride s maps each input dimension D_i to d_i ~ D_i / s, up to the
+    rounding of padded or unpadded convolutions and pooling (about a cell). The error is
+    min over r = 1/s of max_i |d_i - D_i r|, in cells; infinite when a feature dimension exceeds
+    the input's. For volumes and video (three dimensions) the first one (depth, time) may have
+    its own stride, as video networks downsample time differently: only (h, w) must share one.
     """
     if len(spatial) != len(inputs) or not spatial or min(spatial) < 1:
-        return False
+        return float("inf")
     if any(d > big for d, big in zip(spatial, inputs, strict=True)):
-        return False
+        return float("inf")
     if len(spatial) == 3:
         spatial, inputs = spatial[1:], inputs[1:]
-    low = max(big / (d + 1) for d, big in zip(spatial, inputs, strict=True))
-    high = min(big / max(d - 1, 0.5) for d, big in zip(spatial, inputs, strict=True))
-    return low <= high
+    pairs = list(zip(spatial, inputs, strict=True))
+    ratios = [d / big for d, big in pairs]
+    ratios += [(d1 + d2) / (b1 + b2) for i, (d1, b1) in enumerate(pairs) for d2, b2 in pairs[i:]]
+    return min(max(abs(d - big * r) for d, big in pairs) for r in ratios)
 
 
-def _channels(module: nn.Module) -> tuple[str, int] | None:
-    """("first", C) or ("last", C) for a module that fixes where its output's channels are."""
-    if isinstance(
-        module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-    ):
-        return "first", module.out_channels
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        return "first", module.num_features
-    if isinstance(module, nn.GroupNorm):
-        return "first", module.num_channels
-    if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) == 1:
-        return "last", module.normalized_shape[0]
-    if isinstance(module, nn.Linear):
-        return "last", module.out_features
-    return None
+def _fits(spatial: tuple[int, ...], inputs: tuple[int, ...]) -> bool:
+    """Whether ``spatial`` can be the input's spatial shape divided by one common stride
+    (within a cell of rounding, see :func:`_fit_error`)."""
+    return _fit_error(spatial, inputs) <= 1.0
 
 
 def _module_hint(module: nn.Module | None, shape: tuple[int, ...]) -> str | None:
-    """What the producing module says about the channel dimension, or None.
+    """What the producing module itself says about the channel dimension, or None.
 
-    The module itself, or for a container its last submodule with parameters (the last layer
-    of a block): a convolution or batch norm with C == shape[1] says channels-first; a linear
-    layer or layer norm with C == shape[-1] says channels-last.
+    Only a leaf decides: a convolution, batch norm or group norm with C == shape[1] says
+    channels-first; a plain ``nn.LayerNorm`` over the last dimension or an ``nn.Linear`` with
+    C == shape[-1] says channels-last. A container says nothing (a ConvNeXt block ends with a
+    linear layer inside a permuted MLP, yet outputs channels-first), nor does a LayerNorm
+    subclass (torchvision's LayerNorm2d normalises channels-first).
     """
-    if module is None:
+    if module is None or next(module.children(), None) is not None:
         return None
-    leaves = [m for m in module.modules() if next(m.parameters(recurse=False), None) is not None]
-    for candidate in ([module] if _channels(module) else []) + leaves[::-1][:1]:
-        found = _channels(candidate)
-        if found is None:
-            continue
-        where, channels = found
-        if where == "first" and channels == shape[1]:
-            return "channels_first"
-        if where == "last" and channels == shape[-1]:
-            return "channels_last"
+    first = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+    if isinstance(module, first) and module.out_channels == shape[1]:
+        return "channels_first"
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.num_features == shape[1]:
+        return "channels_first"
+    if isinstance(module, nn.GroupNorm) and module.num_channels == shape[1]:
+        return "channels_first"
+    if type(module) is nn.LayerNorm and tuple(module.normalized_shape) == (shape[-1],):
+        return "channels_last"
+    if type(module) is nn.Linear and module.out_features == shape[-1]:
+        return "channels_last"
     return None
 
 
@@ -228,10 +223,10 @@ def infer_layout(
         return Layout("channels_first")
     if spec == "nhwc":
         return Layout("channels_last")
-    first = _fits(shape[2:], inputs)
-    last = _fits(shape[1:-1], inputs)
-    if first and last and (shape[2:] == inputs) != (shape[1:-1] == inputs):
-        first, last = shape[2:] == inputs, shape[1:-1] == inputs  # full resolution: exact
+    err_first, err_last = _fit_error(shape[2:], inputs), _fit_error(shape[1:-1], inputs)
+    first, last = err_first <= 1.0, err_last <= 1.0
+    if first and last and abs(err_first - err_last) >= 0.5:  # one reading fits clearly better
+        first, last = err_first < err_last, err_last < err_first
     if first and not last:
         return Layout("channels_first")
     if last and not first:
@@ -246,11 +241,12 @@ def infer_layout(
             f"both (C, *spatial) and (*spatial, C) fit the {inputs} input and the module "
             f"({type(module).__name__}) does not say which",
         )
-    raise _layout_help(
-        name,
-        shape,
-        f"neither {shape[2:]} nor {shape[1:-1]} is a feature grid of the {inputs} input",
-    )
+    # Neither reading shrinks the input by one stride: unpadded convolutions lose a fixed number
+    # of pixels per layer, so the two sides of a non-square input imply different strides.
+    # PyTorch's convention (channels-first) holds unless the module itself says otherwise.
+    if _module_hint(module, shape) == "channels_last":
+        return Layout("channels_last")
+    return Layout("channels_first")
 
 
 # -- outputs ----------------------------------------------------------------------------------

@@ -28,7 +28,8 @@ class Probe:
         images: (B, C, H, W) the images being explained.
         acts: (B, K, h, w) the layer's activations (None for an input-level probe, as the
             metrics use).
-        targets: (B,) class ids being explained.
+        targets: (B,) class ids being explained, or (B, T) for T targets per image: then
+            :meth:`scores` gives (n, T), every perturbed input scored for all T classes at once.
         base: (B,) the explained scores of the unperturbed images (None when not needed).
         generator: a seeded torch.Generator for methods that draw noise.
     """
@@ -60,7 +61,9 @@ class Probe:
 
     def scores(self, n: int, build: Builder, softmax: bool = False) -> Tensor:
         """The explained score (the target's logit, or its softmax probability) of ``n`` items."""
-        out = torch.empty(n, device=self.images.device, dtype=torch.float32)
+        out = torch.empty(
+            (n, *self.targets.shape[1:]), device=self.images.device, dtype=torch.float32
+        )
         bar = None
         if self.progress and n > 0:
             from tqdm import tqdm
@@ -83,7 +86,9 @@ class Probe:
                         )
                     if softmax:
                         logits = logits.float().softmax(dim=1)
-                    out[start:stop] = logits.gather(1, self.targets[owner][:, None])[:, 0].float()
+                    ids = self.targets[owner]
+                    picked = logits.gather(1, ids if ids.ndim == 2 else ids[:, None])
+                    out[start:stop] = (picked if ids.ndim == 2 else picked[:, 0]).float()
                     self.passes += 1
                     if bar is not None:
                         bar.update(stop - start)

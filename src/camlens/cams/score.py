@@ -39,25 +39,34 @@ def _black_scores(probe: Probe) -> Tensor:
     )
 
 
+def _weighted(weights: Tensor, acts: Tensor) -> Tensor:
+    """sum_k w_k A^k: weights (B, K) -> (B, *spatial), or (B, K, T) -> (B, T, *spatial)."""
+    if weights.ndim == 3:
+        return torch.einsum("bkt,bk...->bt...", weights, acts)
+    return torch.einsum("bk,bk...->b...", weights, acts)
+
+
 def _dev(probe: Probe) -> torch.device:
     return probe.images.device
 
 
 def _channel_scores(probe: Probe, repeats: int, make, every_channel: bool = False) -> Tensor:
-    """Scores (B, K, repeats) of ``make(b, k, r, size)`` masked images, image-major.
+    """Scores (B, K, repeats), or (B, K, repeats, T) for (B, T) targets (each masked image is
+    scored once for all T), of ``make(b, k, r, size)`` masked images, image-major.
 
     Only informative channels are scored and constant ones get the black image's score, unless
     ``every_channel`` (when ``make`` adds noise that makes a constant channel informative).
     """
     acts, images = probe.acts, probe.images
     bsz, k_ch = acts.shape[:2]
+    per = tuple(probe.targets.shape[1:])  # (T,) when several targets per image
     size = tuple(images.shape[2:])
     keep = torch.ones(bsz, k_ch, dtype=torch.bool, device=acts.device)
     pairs = (keep if every_channel else _informative(acts)).nonzero()  # (N, 2), row-major
     n = pairs.shape[0] * repeats
-    out = torch.empty(bsz, k_ch, repeats, device=_dev(probe))
+    out = torch.empty(bsz, k_ch, repeats, *per, device=_dev(probe))
     if pairs.shape[0] < bsz * k_ch:
-        out[:] = _black_scores(probe)[:, None, None]
+        out[:] = _black_scores(probe).view(bsz, 1, 1, *per)
 
     def build(start: int, stop: int) -> tuple[Tensor, Tensor]:
         idx = torch.arange(start, stop, device=_dev(probe))
@@ -65,7 +74,7 @@ def _channel_scores(probe: Probe, repeats: int, make, every_channel: bool = Fals
         b, k = pair[:, 0], pair[:, 1]
         return make(b, k, rep, size), b
 
-    scores = probe.scores(n, build).view(-1, repeats)
+    scores = probe.scores(n, build).view(-1, repeats, *per)
     out[pairs[:, 0], pairs[:, 1]] = scores
     return out
 
@@ -88,9 +97,8 @@ def scorecam(acts: Tensor, probe: Probe) -> Tensor:
     def make(b: Tensor, k: Tensor, _r: Tensor, size: tuple[int, int]) -> Tensor:
         return probe.images[b] * _masks(acts, b, k, size)
 
-    scores = _channel_scores(probe, 1, make)[..., 0]
-    weights = scores.softmax(dim=1)
-    return torch.einsum("bk,bkhw->bhw", weights, acts)
+    scores = _channel_scores(probe, 1, make)[:, :, 0]
+    return _weighted(scores.softmax(dim=1), acts)
 
 
 @register(
@@ -130,8 +138,7 @@ def sscam(
 
     # Noise on the activation makes every channel informative: score them all.
     scores = _channel_scores(probe, samples, make, every_channel=noise_on == "activation")
-    weights = scores.mean(dim=2).softmax(dim=1)
-    return torch.einsum("bk,bkhw->bhw", weights, acts)
+    return _weighted(scores.mean(dim=2).softmax(dim=1), acts)
 
 
 @register(
@@ -148,9 +155,8 @@ def iscam(acts: Tensor, probe: Probe, steps: int = 10) -> Tensor:
     """
 
     def make(b: Tensor, k: Tensor, r: Tensor, size: tuple[int, int]) -> Tensor:
-        scale = ((r + 1).float() / steps).view(-1, 1, 1, 1)
+        scale = ((r + 1).float() / steps).view(-1, *[1] * (len(size) + 1))
         return probe.images[b] * (scale * _masks(acts, b, k, size))
 
     scores = _channel_scores(probe, steps, make)
-    weights = scores.mean(dim=2).softmax(dim=1)
-    return torch.einsum("bk,bkhw->bhw", weights, acts)
+    return _weighted(scores.mean(dim=2).softmax(dim=1), acts)

@@ -84,13 +84,14 @@ def randomization_units(model: nn.Module, max_units: int = 12) -> list[str]:
     group into its children) while the count stays within ``max_units``, so all steps have one
     granularity (a ResNet-18 gives conv1, bn1, the 8 blocks of layer1..4 and fc; the demo CNN
     its 6 conv blocks and fc). Returned in registration order; :func:`sanity_randomization`
-    orders them top down by a dry run.
+    orders them top down by a dry run. Parameters the model holds itself (a ViT's class token
+    and position embeddings) are randomised with the last, input-side step.
     """
     units: list[tuple[str, nn.Module]] = [
         (name, m) for name, m in model.named_children() if _has_params(m)
     ]
-    if _owns_params(model) or not units:
-        return [""]  # the model itself holds parameters directly: one step
+    if not units:
+        return [""]  # the model itself holds all its parameters directly: one step
 
     while True:
         parts = [
@@ -127,7 +128,7 @@ def _order_top_down(model: nn.Module, names: list[str], image: Tensor) -> list[s
     return sorted(ran, key=lambda n: -first[n])
 
 
-def _randomize(module: nn.Module, generator_seed: int) -> None:
+def _randomize(module: nn.Module, generator_seed: int, recurse: bool = True) -> None:
     """Re-initialise the learned parameters of ``module`` (and its submodules), in place.
 
     Modules with ``reset_parameters`` use their own initialiser (what they were built with);
@@ -138,11 +139,11 @@ def _randomize(module: nn.Module, generator_seed: int) -> None:
     # fork every generator the initialisers may draw from: the caller's RNG state is untouched
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(generator_seed)
-        for sub in module.modules():
+        for sub in module.modules() if recurse else [module]:
             if not _owns_params(sub):
                 continue
             reset = getattr(sub, "reset_parameters", None)
-            if callable(reset):
+            if callable(reset) and recurse:
                 buffers = {n: b.clone() for n, b in sub.named_buffers(recurse=False)}
                 with torch.no_grad():
                     reset()
@@ -198,6 +199,8 @@ def sanity_randomization(
     rho, sim = [], []
     for step, name in enumerate(names):
         _randomize(modules[name], seed + step)
+        if layers is None and name and step == len(names) - 1 and _owns_params(twin):
+            _randomize(twin, seed + step, recurse=False)  # class token, position embeddings
         maps = fn(twin, images, ids).float()
         rho.append(spearman(original, maps))
         sim.append(ssim(original, maps))
