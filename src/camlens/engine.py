@@ -83,8 +83,10 @@ class _Capture:
         track_grads: bool,
         linears: list[tuple[str, nn.Module]],
         model: nn.Module | None = None,
+        grids: bool = True,
     ):
         self.layers = layers
+        self._grids = grids
         self.track_grads = track_grads
         self.acts: dict[str, Tensor] = {}
         self.calls: dict[str, int] = {}
@@ -146,7 +148,7 @@ class _Capture:
             for name, module in self._linears:
                 self._handles.append(module.register_forward_hook(self._linear_hook(name)))
             if self._model is not None:
-                for module in self._model.modules():
+                for module in self._model.modules() if self._grids else []:
                     if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
                         self._handles.append(module.register_forward_hook(self._grid_hook))
                 transform = getattr(self._model, "transform", None)
@@ -417,7 +419,15 @@ class Explainer:
             if linears
             else []
         )
-        capture = _Capture(self._layers, track_grads=track_grads, linears=heads, model=model)
+        # the token grid is only needed until every layer's layout is known for this input size
+        known = {(key[0], key[2]) for key in self._layouts}
+        inputs = tuple(batch.shape[2:])
+        grids = getattr(model, "transform", None) is not None or not all(
+            (name, inputs) in known for name, _ in self._layers
+        )
+        capture = _Capture(
+            self._layers, track_grads=track_grads, linears=heads, model=model, grids=grids
+        )
         with capture, torch.no_grad():
             output = model(model_input)
         for name, _ in self._layers:
