@@ -388,3 +388,35 @@ def test_volumes_for_methods_beyond_the_gradient_family(method: str) -> None:
     ex = camlens.explain(model, x, method, "features", target=T.top(2), batch_size=8, **options)
     assert ex.maps.shape == (2, 2, 6, 8, 8) and ex.raw["features"].shape == (2, 2, 3, 4, 4)
     assert torch.isfinite(ex.maps).all()
+
+
+def test_new_paths_leave_the_model_as_it_came_also_after_an_exception() -> None:
+    torch.manual_seed(0)
+    model = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=32,
+        patch_size=8,
+        depth=2,
+        num_heads=2,
+        embed_dim=16,
+        num_classes=5,
+    )
+    model.train()
+    model.blocks[0].eval()
+    model.patch_embed.requires_grad_(False)
+    flags = [m.training for m in model.modules()]
+    grads = [p.requires_grad for p in model.parameters()]
+    x = torch.randn(2, 3, 32, 32)
+
+    def broken(out: Tensor) -> Tensor:
+        raise RuntimeError("target failed")
+
+    for method in ("gradcam", "scorecam", "gae", "ablationcam"):
+        with pytest.raises((RuntimeError, camlens.CamlensError)):
+            camlens.explain(model, x, method, target=broken, batch_size=8)
+    for method in ("gradcam", "layercam", "gae", "eigencam"):
+        camlens.explain(model, x, method, target=T.top(2))
+    assert [m.training for m in model.modules()] == flags
+    assert [p.requires_grad for p in model.parameters()] == grads
+    assert hook_count(model) == 0 and all(p.grad is None for p in model.parameters())
