@@ -50,6 +50,12 @@ def reference(
     return (g.mean(dim=dims, keepdim=True) * a).sum(1)
 
 
+def tiny_vit(name: str = "vit_tiny_patch16_224", **kwargs: Any) -> nn.Module:
+    """A 2-block timm ViT on 32 x 32 inputs (4 x 4 patches of 8 pixels), random weights."""
+    options = dict(img_size=32, patch_size=8, depth=2, num_heads=2, embed_dim=16, num_classes=5)
+    return timm.create_model(name, pretrained=False, **{**options, **kwargs})
+
+
 def tokens(prefix: int, grid: tuple[int, int]) -> Callable[[Tensor], Tensor]:
     return lambda t: t[:, prefix:].transpose(1, 2).reshape(t.shape[0], t.shape[2], *grid)
 
@@ -113,32 +119,13 @@ def test_torchvision_vit_picks_the_last_blocks_input_norm() -> None:
 )
 def test_timm_vits_with_prefix_tokens(name: str, kwargs: dict, prefix: int) -> None:
     torch.manual_seed(0)
-    model = timm.create_model(
-        name,
-        pretrained=False,
-        img_size=32,
-        patch_size=8,
-        depth=2,
-        num_heads=2,
-        embed_dim=16,
-        num_classes=5,
-        **kwargs,
-    ).eval()
+    model = tiny_vit(name, **kwargs).eval()
     check(model, torch.randn(2, 3, 32, 32), "blocks.1.norm1", tokens(prefix, (4, 4)))
 
 
 def test_timm_vit_non_square_input() -> None:
     torch.manual_seed(0)
-    model = timm.create_model(
-        "vit_tiny_patch16_224",
-        pretrained=False,
-        img_size=(32, 48),
-        patch_size=8,
-        depth=2,
-        num_heads=2,
-        embed_dim=16,
-        num_classes=5,
-    ).eval()
+    model = tiny_vit(img_size=(32, 48)).eval()
     ex = check(model, torch.randn(2, 3, 32, 48), "blocks.1.norm1", tokens(1, (4, 6)))
     assert ex.maps.shape == (2, 32, 48)
 
@@ -195,16 +182,7 @@ def test_timm_swin_is_channels_last() -> None:
 
 def test_layout_option_and_reshape_transform_callable() -> None:
     torch.manual_seed(0)
-    model = timm.create_model(
-        "vit_tiny_patch16_224",
-        pretrained=False,
-        img_size=32,
-        patch_size=8,
-        depth=2,
-        num_heads=2,
-        embed_dim=16,
-        num_classes=5,
-    ).eval()
+    model = tiny_vit().eval()
     x = torch.randn(2, 3, 32, 32)
     auto = camlens.explain(model, x, "gradcam", "blocks.0.norm1")
     fn = tokens(1, (4, 4))
@@ -392,16 +370,7 @@ def test_volumes_for_methods_beyond_the_gradient_family(method: str) -> None:
 
 def test_new_paths_leave_the_model_as_it_came_also_after_an_exception() -> None:
     torch.manual_seed(0)
-    model = timm.create_model(
-        "vit_tiny_patch16_224",
-        pretrained=False,
-        img_size=32,
-        patch_size=8,
-        depth=2,
-        num_heads=2,
-        embed_dim=16,
-        num_classes=5,
-    )
+    model = tiny_vit()
     model.train()
     model.blocks[0].eval()
     model.patch_embed.requires_grad_(False)

@@ -19,7 +19,6 @@ from torch import Tensor, nn
 
 from camlens import cams as _cams  # noqa: F401  (registers the methods)
 from camlens.errors import (
-    CamlensError,
     GradientUnavailableError,
     InputError,
     LayerError,
@@ -34,7 +33,13 @@ from camlens.layers import (
     find_gap_linear_head,
     resolve_layers,
 )
-from camlens.layouts import Layout, LayoutSpec, infer_layout, is_detections, primary_output
+from camlens.layouts import (
+    Layout,
+    LayoutSpec,
+    infer_layout,
+    primary_or_none,
+    primary_output,
+)
 from camlens.maps import minmax, to_heatmap, upsample
 from camlens.probe import Probe
 from camlens.registry import MethodInfo, get_method
@@ -831,13 +836,8 @@ def _pair(sel: Selection) -> tuple[Tensor, Tensor]:
 
 def _logits_or_none(output: Any, batch: int) -> Tensor | None:
     """The (B, classes) logits of a classifier's output (for Explanation.logits), else None."""
-    if is_detections(output):
-        return None
-    try:
-        out = primary_output(output)
-    except CamlensError:
-        return None
-    return out[:batch] if out.ndim == 2 else None
+    out = primary_or_none(output)
+    return out[:batch] if out is not None and out.ndim == 2 else None
 
 
 def explain(

@@ -10,7 +10,7 @@ from typing import Any, Union
 import torch
 from torch import Tensor, nn
 
-from camlens.errors import CamlensError, LayerError, LayerNotFoundError, UnsupportedModelError
+from camlens.errors import LayerError, LayerNotFoundError, UnsupportedModelError
 
 LayerSpec = Union[None, str, nn.Module, Sequence[Union[str, nn.Module]]]
 
@@ -93,17 +93,12 @@ def _reach_score(output: Any, head_input: Tensor | None) -> Tensor | None:
     initialises its head to zero, which would make every gradient of the output zero). Else the
     largest output value per image.
     """
-    from camlens.layouts import is_detections, primary_output
+    from camlens.layouts import primary_or_none
 
     if head_input is not None and head_input.requires_grad:
         return head_input.float().square().sum()
-    if is_detections(output):
-        return None
-    try:
-        out = primary_output(output)
-    except CamlensError:
-        return None
-    if not out.is_floating_point() or not out.requires_grad:
+    out = primary_or_none(output)
+    if out is None or not out.is_floating_point() or not out.requires_grad:
         return None
     return out.flatten(1).float().amax(dim=1).sum()
 

@@ -303,3 +303,13 @@ def primary_output(output: Any) -> Tensor:
         f"the model returned {describe(output)}, which has no logits (a tensor, or a dict / "
         f"ModelOutput with 'logits' or 'out'); {hint}"
     )
+
+
+def primary_or_none(output: Any) -> Tensor | None:
+    """:func:`primary_output`, or None for outputs without one (detections, unknown dicts)."""
+    if is_detections(output):
+        return None
+    try:
+        return primary_output(output)
+    except UnsupportedModelError:
+        return None
