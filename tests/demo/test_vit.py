@@ -195,7 +195,7 @@ def test_demo_cli_on_the_vit(tmp_path, capsys) -> None:
     assert main(["demo", "--model", "vit", "--out", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["model"] == "vit" and summary["accuracy"] >= 0.95
-    assert set(summary["methods"]) == {"gradcam", "gradcampp", "layercam"}
+    assert set(summary["methods"]) == {"gradcam", "gradcampp", "layercam", "gae"}
     for row in summary["methods"].values():
         for key in ("pointing_game", "energy_pointing_game", "iou"):
             assert 0.0 <= row[key] <= 1.0

@@ -19,8 +19,8 @@ from camlens.report import write_report
 from camlens.viz import grid, save_raw
 
 DEMO_METHODS = ("cam", "gradcam", "gradcampp", "layercam")
-#: the ViT has no GAP + linear head, so CAM does not apply to it
-VIT_METHODS = ("gradcam", "gradcampp", "layercam")
+#: the ViT has no GAP + linear head, so CAM does not apply to it; ``gae`` reads its attention
+VIT_METHODS = ("gradcam", "gradcampp", "layercam", "gae")
 #: demo model -> (default methods, layer explained: None lets the engine choose)
 DEMO_MODELS: dict[str, tuple[tuple[str, ...], str | None]] = {
     "cnn": (DEMO_METHODS, "features"),
