@@ -111,3 +111,24 @@ def test_score_cam_scores_each_masked_image_once_for_all_targets(gapnet, images)
     finally:
         handle.remove()
     assert sum(seen) == one
+
+
+class SegNet(nn.Module):
+    """(B, 3, H, W) logits whose class 2 is never the argmax (its logits are -10)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.features(x)
+        return torch.cat([out[:, :2], out[:, 2:] - 10.0], dim=1)
+
+
+def test_empty_segmentation_warns() -> None:
+    torch.manual_seed(0)
+    model = SegNet().eval()
+    x = torch.randn(2, 3, 16, 16)
+    with pytest.warns(UserWarning, match="no pixel is predicted"):
+        ex = camlens.explain(model, x, "gradcam", "features", target=T.segmentation(2))
+    assert torch.equal(ex.scores, torch.zeros(2))

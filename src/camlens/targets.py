@@ -19,6 +19,7 @@ The names in this module are the contract:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
@@ -216,6 +217,14 @@ class Segmentation(Target):
         chosen = logits[rows, ids]  # (B, *spatial) of the clean images
         if self.mask is None:
             mask = logits[:batch].detach().argmax(dim=1) == ids.view(-1, *[1] * (chosen.ndim - 1))
+            empty = ~mask.flatten(1).any(dim=1)
+            if bool(empty.any()):
+                warnings.warn(
+                    f"segmentation({self.class_id}): no pixel is predicted as the class in "
+                    f"image(s) {empty.nonzero()[:, 0].tolist()}, so their score is 0 and their "
+                    "map empty; pass mask= to explain a region",
+                    stacklevel=4,
+                )
         else:
             mask = torch.as_tensor(self.mask, device=logits.device)
             if mask.ndim == chosen.ndim - 1:
@@ -378,6 +387,12 @@ class Detections(Target):
             )
             ids = torch.where(matched, ids, torch.full_like(ids, -1)) if want is None else ids
             rows.append((s, ids, given, matched))
+        if all(len(r[0]) == 0 for r in rows):
+            warnings.warn(
+                "detections(): no detection to explain (none scored >= "
+                f"{self.score_threshold} or matched a given box); the maps are empty",
+                stacklevel=4,
+            )
         t = max(1, max(len(r[0]) for r in rows))
         dev = rows[0][0].device if rows else torch.device("cpu")
         scores, ids, bxs, matched = [], [], [], []
