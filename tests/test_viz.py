@@ -59,3 +59,20 @@ def test_grid_and_raw_files(tmp_path) -> None:
     raw = save_raw({"gradcam": torch.rand(2, 4, 4)}, tmp_path / "raw.npz")
     with np.load(raw) as data:
         assert data["gradcam"].shape == (2, 4, 4)
+
+
+def test_batched_overlays_equal_overlay_image_by_image() -> None:
+    from camlens.viz import overlays
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 3, 40, 50)
+    heat = torch.rand(3, 10, 12)
+    heat[0, 0, 0], heat[1, 0, 0] = 1.0, 0.0  # the colormap's ends
+    batch = overlays(x, heat, "jet", 0.4, "imagenet")
+    assert batch.shape == (3, 40, 50, 3) and batch.dtype == torch.uint8
+    for i in range(3):
+        assert np.array_equal(np.asarray(overlay(x[i], heat[i], "jet", 0.4, "imagenet")), batch[i])
+    grey = torch.rand(2, 1, 20, 20)
+    one = overlays(grey, heat[:2, :5, :5], "viridis", 0.5, "none")[1]
+    want = overlay(grey[1], heat[1, :5, :5], "viridis", 0.5, "none")
+    assert np.array_equal(np.asarray(want), one)

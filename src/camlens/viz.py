@@ -92,6 +92,54 @@ def overlay(
     return Image.fromarray((blend * 255).round().astype(np.uint8))
 
 
+def colormap_lut(colormap: str = "jet", device: torch.device | str = "cpu") -> Tensor:
+    """The colormap's 256 RGB entries as a (256, 3) float tensor (what matplotlib indexes)."""
+    return torch.as_tensor(colorize(np.linspace(0.0, 1.0, 256), colormap), device=device).float()
+
+
+def overlays(
+    images: Tensor,
+    heats: Tensor,
+    colormap: str = "jet",
+    alpha: float = 0.4,
+    preset: str = "imagenet",
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> Tensor:
+    """:func:`overlay` for a whole batch, in torch: (B, C, H, W) images and (B, h, w) maps in
+    [0, 1] -> (B, H, W, 3) uint8, equal to ``overlay`` image by image.
+
+    The map is upsampled bilinearly when its size differs, coloured through the colormap's 256
+    entries the way matplotlib indexes them (floor(x * 256), 1.0 -> 255), and blended:
+    (1 - alpha) * image + alpha * colour.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise InputError(f"alpha must be in [0, 1], got {alpha}")
+    if images.ndim != 4 or images.shape[1] not in (1, 3) or heats.ndim != 3:
+        raise InputError(
+            f"overlays needs images (B, C, H, W) with C = 1 or 3 and maps (B, h, w), got "
+            f"{tuple(images.shape)} and {tuple(heats.shape)}"
+        )
+    if mean is None and std is None:
+        if preset not in PRESETS:
+            raise InputError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+        stats = PRESETS[preset]
+        mean, std = stats if stats is not None else ((0.0,), (1.0,))
+    img = images.detach().float()
+    channels = img.shape[1]
+    mean_t = torch.as_tensor(mean or (0.0,), dtype=torch.float32, device=img.device)[:channels]
+    std_t = torch.as_tensor(std or (1.0,), dtype=torch.float32, device=img.device)[:channels]
+    rgb = (img * std_t.view(1, -1, 1, 1) + mean_t.view(1, -1, 1, 1)).clamp(0, 1)
+    rgb = rgb.expand(-1, 3, -1, -1).permute(0, 2, 3, 1)
+    heat = heats.detach().float().to(img.device)
+    if tuple(heat.shape[1:]) != tuple(rgb.shape[1:3]):
+        heat = upsample(heat, tuple(rgb.shape[1:3])).clamp(0, 1)
+    index = (heat.clamp(0, 1) * 256).long().clamp_(max=255)
+    colour = colormap_lut(colormap, img.device)[index]
+    blend = (1 - alpha) * rgb + alpha * colour
+    return (blend * 255).round().to(torch.uint8)
+
+
 def heatmap_image(heat: Tensor, colormap: str = "jet") -> Image.Image:
     """The colour-mapped heatmap alone, as a PIL image."""
     return Image.fromarray((colorize(heat, colormap) * 255).round().astype(np.uint8))
