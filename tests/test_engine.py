@@ -227,3 +227,26 @@ def test_cam_runs_no_gradient_pass(gapnet, images, monkeypatch) -> None:
     gapnet.fc.register_forward_hook(lambda *_: seen.append(torch.is_grad_enabled()))
     camlens.explain(gapnet, images, method="cam", layer="features")
     assert seen == [False]
+
+
+def test_a_zero_gradient_everywhere_warns(images) -> None:
+    model = GapNet().eval()
+    with torch.no_grad():
+        model.fc.weight.zero_()  # as torchvision initialises its ViT heads
+    with pytest.warns(UserWarning, match="zero everywhere"):
+        ex = camlens.explain(model, images, "gradcam")
+    assert not ex.maps.any()
+
+
+def test_submodules_are_reachable_after_a_plain_import() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, camlens; camlens.metrics.pointing_game; camlens.io.load_image; "
+        "camlens.models.build_model; camlens.viz.overlay; camlens.demo.shapes; "
+        "print(sorted(m for m in ('timm', 'transformers', 'ray', 'pyarrow', 'fastapi') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

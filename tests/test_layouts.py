@@ -108,3 +108,8 @@ def test_primary_output() -> None:
     dets = [{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0)}]
     with pytest.raises(UnsupportedModelError, match="detections"):
         primary_output(dets)
+
+
+def test_an_override_that_reads_channels_as_space_is_refused() -> None:
+    with pytest.raises(LayerError, match=r"layout='nhwc'.*\(512, 2\)"):
+        infer_layout("layer4", (2, 512, 2, 2), (64, 64), spec="nhwc")

@@ -75,9 +75,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_methods(args: argparse.Namespace) -> int:
     import camlens
 
-    for name in camlens.methods():
+    kinds = {
+        "grads": "layer gradients",
+        "grads_hvp": "layer gradients + Hessian-vector product",
+        "grad_samples": "layer gradients at noisy copies",
+        "class_weights": "the linear head's weights, no gradient",
+        "acts": "activations only, no gradient",
+        "input_probe": "re-runs the model on masked images",
+        "layer_probe": "re-runs the network after the layer",
+        "model": "whole model (input or attention gradients)",
+    }
+    names = camlens.methods()
+    width = max(map(len, names))
+    for name in names:
         info = camlens.method_info(name)
-        print(f"{name:12s} {'gradients' if info.needs_grads else 'no gradient':12s} {info.paper}")
+        kind = "attention, no gradient" if name == "rollout" else kinds[info.inputs]
+        print(f"{name:{width}s}  {kind}\n{'':{width}s}  {info.paper}")
     return 0
 
 
@@ -178,7 +191,10 @@ def _cmd_explain(args: argparse.Namespace) -> int:
                 written += 1
     if raw:
         save_raw(raw, out / "raw_maps.npz")
-    print(f"wrote {written} overlays and raw_maps.npz to {out}")
+        noun = "overlay" if written == 1 else "overlays"
+        print(f"wrote {written} {noun} and raw_maps.npz to {out}")
+    else:
+        _fail("no method could explain these images; nothing was written")
     return 1 if failed else 0
 
 

@@ -10,6 +10,7 @@ after them. No ``backward()``, no parameter ``.grad``, no ``retain_graph``.
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -31,6 +32,7 @@ from camlens.layers import (
     LinearCall,
     find_default_layer,
     find_gap_linear_head,
+    layout_hint_module,
     resolve_layers,
 )
 from camlens.layouts import (
@@ -455,8 +457,9 @@ class Explainer:
         inputs = capture.frame[0] if capture.frame else tuple(images.shape[2:])
         key = (name, tuple(act.shape[1:]), inputs)
         if key not in self._layouts:
+            hint = layout_hint_module(self.model, name, module)
             self._layouts[key] = infer_layout(
-                name, tuple(act.shape), inputs, module, capture.grid_at.get(name), self.layout_spec
+                name, tuple(act.shape), inputs, hint, capture.grid_at.get(name), self.layout_spec
             )
         return self._layouts[key]
 
@@ -503,6 +506,14 @@ class Explainer:
             grads, d2s, d3s = self._diagonal_derivatives(scores, acts)
         elif info.needs_grads:
             grads, hvps = self._gradients(scores, acts, hessian=info.inputs == "grads_hvp")
+        if info.needs_grads and not any(bool(g.any()) for g in grads):
+            warnings.warn(
+                f"the gradient of the target score with respect to layer(s) {self.layers} is zero "
+                "everywhere, so every gradient map is empty: the score does not vary with the "
+                "layer (an untrained head initialised to zero, as torchvision's ViT heads are, "
+                "or a saturated target)",
+                stacklevel=4,
+            )
         for i, (name, _) in enumerate(self._layers):
             layout = layouts[i]
             spatial = layout.to_spatial

@@ -70,6 +70,8 @@ _NORMS = (
     nn.modules.instancenorm._InstanceNorm,
 )
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+#: parameter-free activations that may be explained: a conv's ReLU in a Sequential is its output
+_ACTS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Hardswish, nn.ELU, nn.Mish)
 
 
 def _search_root(model: nn.Module) -> str:
@@ -109,8 +111,10 @@ def find_default_layer(model: nn.Module, images: Any, call: Any = None) -> str:
     - CNNs: the last module (in the order modules finish their forward, so a container wins over
       its children: ``layer4``, ``features``) whose output is a feature map (channels-first or
       channels-last, see :mod:`camlens.layouts`) with more than one position, that holds
-      parameters (a parameter-free pooling that keeps the size, as VGG's ``avgpool``, does not
-      hide the feature extractor), is not a normalisation layer, and runs once.
+      parameters or is an activation module (so a conv's ReLU in a Sequential is explained, not
+      the conv before it; a parameter-free pooling that keeps the size, as VGG's ``avgpool``,
+      does not hide the feature extractor), is not a normalisation layer, and runs once (a
+      ResNet block's shared ReLU does not).
     - Transformers: the last LayerNorm whose output is patch tokens (B, N, C) and whose *patch*
       tokens still reach the score (checked with one gradient on the dry run): the input norm of
       the last block (``encoder_layer_11.ln_1``, ``blocks.11.norm1``, ``layernorm_before``) in
@@ -164,7 +168,8 @@ def find_default_layer(model: nn.Module, images: Any, call: Any = None) -> str:
 
             hooks.append(module.register_forward_hook(g_hook))
         inside = name.startswith(root) or name == root[:-1]
-        if not inside or next(module.parameters(), None) is None:
+        learned = next(module.parameters(), None) is not None
+        if not inside or not (learned or isinstance(module, _ACTS)):
             continue
 
         def hook(m: nn.Module, _i: Any, out: Any, name: str = name) -> None:
@@ -234,6 +239,26 @@ def find_default_layer(model: nn.Module, images: Any, call: Any = None) -> str:
             "feature map to explain automatically; pass layer= a module name"
         )
     return max(found_all, key=lambda n: order[n])
+
+
+def layout_hint_module(model: nn.Module, name: str, module: nn.Module) -> nn.Module:
+    """The module whose type tells the layout of ``module``'s output: itself, or for an
+    element-wise activation in a Sequential the learned layer before it (a ReLU keeps its
+    input's layout)."""
+    if not isinstance(module, _ACTS):
+        return module
+    parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+    if not isinstance(parent, nn.Sequential):
+        return module
+    before = []
+    for child in parent.children():
+        if child is module:
+            break
+        before.append(child)
+    for child in reversed(before):
+        if next(child.parameters(), None) is not None:
+            return child
+    return module
 
 
 def find_last_spatial_layer(model: nn.Module, images: Tensor) -> str:

@@ -219,10 +219,15 @@ def infer_layout(
             f"the input has {nd} spatial dimensions {inputs}, so a feature map has {nd + 2} "
             "dimensions (or 3 for tokens)",
         )
-    if spec == "nchw":
-        return Layout("channels_first")
-    if spec == "nhwc":
-        return Layout("channels_last")
+    if spec in ("nchw", "nhwc"):
+        spatial = shape[2:] if spec == "nchw" else shape[1:-1]
+        if any(d > big for d, big in zip(spatial, inputs, strict=True)):
+            raise _layout_help(
+                name,
+                shape,
+                f"layout={spec!r} reads a spatial size {spatial} larger than the {inputs} input",
+            )
+        return Layout("channels_first" if spec == "nchw" else "channels_last")
     err_first, err_last = _fit_error(shape[2:], inputs), _fit_error(shape[1:-1], inputs)
     first, last = err_first <= 1.0, err_last <= 1.0
     if first and last and abs(err_first - err_last) >= 0.5:  # one reading fits clearly better

@@ -269,11 +269,12 @@ class Similarity(Target):
             )
         emb = emb.flatten(1)
         ref = torch.as_tensor(self.reference, device=emb.device, dtype=emb.dtype)
+        given = tuple(ref.shape)
         if ref.ndim == 1:
             ref = ref.expand(batch, -1)
         if ref.ndim != 2 or ref.shape != (batch, emb.shape[1]):
             raise TargetError(
-                f"similarity reference has shape {tuple(ref.shape)}; the embeddings are "
+                f"similarity reference has shape {given}; the embeddings are "
                 f"{tuple(emb.shape)}: pass ({emb.shape[1]},) or ({batch}, {emb.shape[1]})"
             )
         cos = F.cosine_similarity(emb, _repeat(ref, copies), dim=1)
