@@ -76,3 +76,14 @@ def test_batched_overlays_equal_overlay_image_by_image() -> None:
     one = overlays(grey, heat[:2, :5, :5], "viridis", 0.5, "none")[1]
     want = overlay(grey[1], heat[1, :5, :5], "viridis", 0.5, "none")
     assert np.array_equal(np.asarray(want), one)
+
+
+def test_overlays_index_colormaps_of_any_size_as_matplotlib_does() -> None:
+    """tab10 has 10 entries: floor(x * 10) picks the colour, not a 256-entry resampling."""
+    from camlens.viz import overlays
+
+    heat = torch.tensor([i / 10 + 1e-3 for i in range(10)] + [1.0])[None, None]  # just past
+    x = torch.zeros(1, 3, 1, heat.shape[-1])  # each of tab10's boundaries, and its end
+    got = overlays(x, heat, "tab10", 1.0, "none")[0, 0].numpy()
+    want = (colorize(heat[0], "tab10")[0] * 255).round().astype(np.uint8)
+    assert np.array_equal(got, want)

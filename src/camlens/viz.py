@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,6 +24,18 @@ PRESETS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = {
 }
 
 
+def _stats(
+    preset: str, mean: Sequence[float] | None, std: Sequence[float] | None
+) -> tuple[Sequence[float], Sequence[float]]:
+    """The (mean, std) to undo: the given ones, else the preset's ("none": 0 and 1)."""
+    if mean is None and std is None:
+        if preset not in PRESETS:
+            raise InputError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+        stats = PRESETS[preset]
+        mean, std = stats if stats is not None else ((0.0,), (1.0,))
+    return mean or (0.0,), std or (1.0,)
+
+
 def denormalize(
     image: Tensor,
     preset: str = "imagenet",
@@ -36,13 +49,9 @@ def denormalize(
     """
     if image.ndim != 3 or image.shape[0] not in (1, 3):
         raise InputError(f"image must be (C, H, W) with C = 1 or 3, got {tuple(image.shape)}")
-    if mean is None and std is None:
-        if preset not in PRESETS:
-            raise InputError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
-        stats = PRESETS[preset]
-        mean, std = stats if stats is not None else ((0.0,), (1.0,))
-    mean_t = torch.as_tensor(mean or (0.0,), dtype=torch.float32).view(-1, 1, 1)
-    std_t = torch.as_tensor(std or (1.0,), dtype=torch.float32).view(-1, 1, 1)
+    mean, std = _stats(preset, mean, std)
+    mean_t = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+    std_t = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1)
     img = image.detach().float().cpu()
     if img.shape[0] == 1:
         mean_t, std_t = mean_t[:1], std_t[:1]
@@ -52,16 +61,20 @@ def denormalize(
     return img.permute(1, 2, 0).numpy()
 
 
-def colorize(heat: Tensor | np.ndarray, colormap: str = "jet") -> np.ndarray:
-    """(H, W) map in [0, 1] -> (H, W, 3) RGB float array, with any matplotlib colormap."""
+def _colormap(colormap: str) -> Any:
     import matplotlib
 
     try:
-        cmap = matplotlib.colormaps[colormap]
+        return matplotlib.colormaps[colormap]
     except KeyError:
         raise InputError(
             f"unknown colormap {colormap!r}; any matplotlib name works, e.g. jet, turbo, viridis"
         ) from None
+
+
+def colorize(heat: Tensor | np.ndarray, colormap: str = "jet") -> np.ndarray:
+    """(H, W) map in [0, 1] -> (H, W, 3) RGB float array, with any matplotlib colormap."""
+    cmap = _colormap(colormap)
     arr = heat.detach().float().cpu().numpy() if isinstance(heat, Tensor) else np.asarray(heat)
     return cmap(np.clip(arr, 0.0, 1.0))[..., :3]
 
@@ -79,22 +92,23 @@ def overlay(
 
     image: (C, H, W), C = 1 or 3, normalised with ``preset`` (or ``mean``/``std``).
     heat: (h, w) map in [0, 1]; upsampled bilinearly to (H, W) when the sizes differ.
+    One image of :func:`overlays`.
     """
-    if not 0.0 <= alpha <= 1.0:
-        raise InputError(f"alpha must be in [0, 1], got {alpha}")
-    rgb = denormalize(image, preset, mean, std)
-    heat = heat.detach().float().cpu()
+    if image.ndim != 3 or image.shape[0] not in (1, 3):
+        raise InputError(f"image must be (C, H, W) with C = 1 or 3, got {tuple(image.shape)}")
     if heat.ndim != 2:
         raise InputError(f"map must be (H, W), got {tuple(heat.shape)}")
-    if tuple(heat.shape) != rgb.shape[:2]:
-        heat = upsample(heat[None], rgb.shape[:2])[0].clamp(0, 1)
-    blend = (1 - alpha) * rgb + alpha * colorize(heat, colormap)
-    return Image.fromarray((blend * 255).round().astype(np.uint8))
+    rgb = overlays(
+        image.detach().cpu()[None], heat.detach().cpu()[None], colormap, alpha, preset, mean, std
+    )
+    return Image.fromarray(rgb[0].numpy())
 
 
 def colormap_lut(colormap: str = "jet", device: torch.device | str = "cpu") -> Tensor:
-    """The colormap's 256 RGB entries as a (256, 3) float tensor (what matplotlib indexes)."""
-    return torch.as_tensor(colorize(np.linspace(0.0, 1.0, 256), colormap), device=device).float()
+    """The colormap's N RGB entries as an (N, 3) float tensor, the table matplotlib indexes
+    (N = 256 for jet, viridis, ...; 10 for tab10)."""
+    cmap = _colormap(colormap)
+    return torch.as_tensor(cmap(np.arange(cmap.N))[:, :3], device=device).float()
 
 
 def overlays(
@@ -106,11 +120,11 @@ def overlays(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
 ) -> Tensor:
-    """:func:`overlay` for a whole batch, in torch: (B, C, H, W) images and (B, h, w) maps in
-    [0, 1] -> (B, H, W, 3) uint8, equal to ``overlay`` image by image.
+    """Overlays for a whole batch, in torch: (B, C, H, W) images and (B, h, w) maps in [0, 1]
+    -> (B, H, W, 3) uint8.
 
-    The map is upsampled bilinearly when its size differs, coloured through the colormap's 256
-    entries the way matplotlib indexes them (floor(x * 256), 1.0 -> 255), and blended:
+    The map is upsampled bilinearly when its size differs, coloured through the colormap's N
+    entries the way matplotlib indexes them (floor(x * N), 1.0 -> N - 1), and blended:
     (1 - alpha) * image + alpha * colour.
     """
     if not 0.0 <= alpha <= 1.0:
@@ -120,23 +134,19 @@ def overlays(
             f"overlays needs images (B, C, H, W) with C = 1 or 3 and maps (B, h, w), got "
             f"{tuple(images.shape)} and {tuple(heats.shape)}"
         )
-    if mean is None and std is None:
-        if preset not in PRESETS:
-            raise InputError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
-        stats = PRESETS[preset]
-        mean, std = stats if stats is not None else ((0.0,), (1.0,))
+    mean, std = _stats(preset, mean, std)
     img = images.detach().float()
     channels = img.shape[1]
-    mean_t = torch.as_tensor(mean or (0.0,), dtype=torch.float32, device=img.device)[:channels]
-    std_t = torch.as_tensor(std or (1.0,), dtype=torch.float32, device=img.device)[:channels]
+    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=img.device)[:channels]
+    std_t = torch.as_tensor(std, dtype=torch.float32, device=img.device)[:channels]
     rgb = (img * std_t.view(1, -1, 1, 1) + mean_t.view(1, -1, 1, 1)).clamp(0, 1)
     rgb = rgb.expand(-1, 3, -1, -1).permute(0, 2, 3, 1)
     heat = heats.detach().float().to(img.device)
     if tuple(heat.shape[1:]) != tuple(rgb.shape[1:3]):
         heat = upsample(heat, tuple(rgb.shape[1:3])).clamp(0, 1)
-    index = (heat.clamp(0, 1) * 256).long().clamp_(max=255)
-    colour = colormap_lut(colormap, img.device)[index]
-    blend = (1 - alpha) * rgb + alpha * colour
+    lut = colormap_lut(colormap, img.device)
+    index = (heat.clamp(0, 1) * len(lut)).long().clamp_(max=len(lut) - 1)
+    blend = (1 - alpha) * rgb + alpha * lut[index]
     return (blend * 255).round().to(torch.uint8)
 
 
