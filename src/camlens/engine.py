@@ -38,6 +38,8 @@ from camlens.layers import (
 from camlens.layouts import (
     Layout,
     LayoutSpec,
+    detector_frame,
+    detector_transform,
     infer_layout,
     primary_or_none,
     primary_output,
@@ -143,10 +145,7 @@ class _Capture:
             self._grid = tuple(output.shape[2:])
 
     def _frame_hook(self, _module: nn.Module, _inputs: Any, output: Any) -> None:
-        images = output[0] if isinstance(output, tuple) and output else None
-        tensors, sizes = getattr(images, "tensors", None), getattr(images, "image_sizes", None)
-        if isinstance(tensors, Tensor) and sizes:
-            self.frame = (tuple(tensors.shape[2:]), tuple(int(v) for v in sizes[0]))
+        self.frame = detector_frame(output) or self.frame
 
     def __enter__(self) -> _Capture:
         try:
@@ -158,8 +157,8 @@ class _Capture:
                 for module in self._model.modules() if self._grids else []:
                     if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
                         self._handles.append(module.register_forward_hook(self._grid_hook))
-                transform = getattr(self._model, "transform", None)
-                if isinstance(transform, nn.Module) and hasattr(transform, "postprocess"):
+                transform = detector_transform(self._model)
+                if transform is not None:
                     self._handles.append(transform.register_forward_hook(self._frame_hook))
         except BaseException:
             self.__exit__()
@@ -429,7 +428,7 @@ class Explainer:
         # the token grid is only needed until every layer's layout is known for this input size
         known = {(key[0], key[2]) for key in self._layouts}
         inputs = tuple(batch.shape[2:])
-        grids = getattr(model, "transform", None) is not None or not all(
+        grids = detector_transform(model) is not None or not all(
             (name, inputs) in known for name, _ in self._layers
         )
         capture = _Capture(
@@ -770,15 +769,10 @@ class Explainer:
             num_prefix=0 if tokens is None else tokens.prefix,
         )
         result = self.method.fn(call, **self._fn_options)
-        size = tuple(images.shape[2:])
-        nd = len(size)
         if result.maps is not None:
             maps = minmax(result.maps)
-        else:
-            raws = list(result.raw.values())
-            lead = raws[0].shape[: raws[0].ndim - nd]  # (B,) or (B, T)
-            flat = [r.reshape(-1, *r.shape[-nd:]) for r in raws]
-            maps = minmax(fuse_layers(flat, size)).view(*lead, *size)
+        else:  # model-level raw maps always go through the fusion's scaling, as before
+            maps = _display_maps(list(result.raw.values()), tuple(images.shape[2:]), fuse_one=True)
         return Explanation(
             maps=maps,
             raw=result.raw,
@@ -810,14 +804,10 @@ class Explainer:
         logits: Any,
         extras: dict[str, Tensor] | None = None,
     ) -> Explanation:
-        size = tuple(images.shape[2:])
-        nd = len(size)
-        lead = raws[0].shape[: raws[0].ndim - nd]  # (B,) or (B, T)
-        flat = [self._framed(r.reshape(-1, *r.shape[-nd:])) for r in raws]
         with torch.no_grad():
-            maps = to_heatmap(flat[0], size) if len(flat) == 1 else minmax(fuse_layers(flat, size))
+            maps = _display_maps(raws, tuple(images.shape[2:]), self._framed)
         return Explanation(
-            maps=maps.view(*lead, *size),
+            maps=maps,
             raw={name: raw for (name, _), raw in zip(self._layers, raws, strict=True)},
             targets=ids,
             scores=scores.detach(),
@@ -826,6 +816,27 @@ class Explainer:
             logits=logits.detach() if isinstance(logits, Tensor) else None,
             extras=dict(extras or {}),
         )
+
+
+def _display_maps(
+    raws: list[Tensor],
+    size: tuple[int, ...],
+    prepare: Callable[[Tensor], Tensor] | None = None,
+    fuse_one: bool = False,
+) -> Tensor:
+    """Raw maps (B, *s) or (B, T, *s), one per layer -> displayed maps (B[, T], *size) in [0, 1]:
+    ReLU, upsampling and min-max for one layer, LayerCAM's fusion for several (or always, with
+    ``fuse_one``). ``prepare`` maps each (N, *s) raw first (a detector's frame crop)."""
+    nd = len(size)
+    lead = raws[0].shape[: raws[0].ndim - nd]  # (B,) or (B, T)
+    flat = [r.reshape(-1, *r.shape[-nd:]) for r in raws]
+    if prepare is not None:
+        flat = [prepare(r) for r in flat]
+    if len(flat) == 1 and not fuse_one:
+        maps = to_heatmap(flat[0], size)
+    else:
+        maps = minmax(fuse_layers(flat, size))
+    return maps.view(*lead, *size)
 
 
 class _Column(Target):

@@ -125,7 +125,7 @@ def find_default_layer(model: nn.Module, images: Any, call: Any = None) -> str:
     The model must already be in the state to explain (eval). ``call(model, x)`` runs it
     (default ``model(x)``); ``images`` is a (B, C, *spatial) tensor or a list of images.
     """
-    from camlens.layouts import _fits, token_grid
+    from camlens.layouts import _fits, detector_frame, detector_transform, token_grid
 
     first = images[:1]
     probe: Any
@@ -141,13 +141,13 @@ def find_default_layer(model: nn.Module, images: Any, call: Any = None) -> str:
     state: dict[str, Any] = {"grid": None, "inputs": spatial, "head": None}
     hooks = []
 
-    transform = getattr(model, "transform", None)
-    if isinstance(transform, nn.Module) and hasattr(transform, "postprocess"):
+    transform = detector_transform(model)
+    if transform is not None:
         # torchvision detectors resize and pad the images first: feature maps follow that size
         def t_hook(_m: nn.Module, _i: Any, out: Any) -> None:
-            tensors = getattr(out[0], "tensors", None) if isinstance(out, tuple) else None
-            if isinstance(tensors, Tensor):
-                state["inputs"] = tuple(tensors.shape[2:])
+            frame = detector_frame(out)
+            if frame is not None:
+                state["inputs"] = frame[0]
 
         hooks.append(transform.register_forward_hook(t_hook))
 

@@ -318,3 +318,22 @@ def primary_or_none(output: Any) -> Tensor | None:
         return primary_output(output)
     except UnsupportedModelError:
         return None
+
+
+def detector_transform(model: nn.Module) -> nn.Module | None:
+    """A torchvision detector's ``GeneralizedRCNNTransform`` (it resizes and pads the images
+    before the backbone), or None."""
+    transform = getattr(model, "transform", None)
+    if isinstance(transform, nn.Module) and hasattr(transform, "postprocess"):
+        return transform
+    return None
+
+
+def detector_frame(output: Any) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """(padded size, resized size of the first image) from the output of
+    :func:`detector_transform`'s module (an ``ImageList`` and the targets), or None."""
+    images = output[0] if isinstance(output, tuple) and output else None
+    tensors, sizes = getattr(images, "tensors", None), getattr(images, "image_sizes", None)
+    if isinstance(tensors, Tensor) and sizes:
+        return tuple(tensors.shape[2:]), tuple(int(v) for v in sizes[0])
+    return None

@@ -301,10 +301,8 @@ def box_iou(a: Tensor, b: Tensor) -> Tensor:
 def _per_image(value: Any, batch: int, what: str) -> list[Tensor | None]:
     if value is None:
         return [None] * batch
-    if isinstance(value, Tensor) and value.ndim in (1, 2) and what == "labels" and value.ndim == 1:
-        return [value] * batch
-    if isinstance(value, Tensor) and value.ndim == 2 and what == "boxes":
-        return [value] * batch
+    if isinstance(value, Tensor) and value.ndim == (2 if what == "boxes" else 1):
+        return [value] * batch  # one (T, 4) box tensor or (T,) labels for every image
     if isinstance(value, Tensor) and value.ndim >= 2 and value.shape[0] == batch:
         return list(value)
     if isinstance(value, (list, tuple)) and len(value) == batch:
