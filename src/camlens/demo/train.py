@@ -37,6 +37,39 @@ def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor)
     return correct / max(len(images), 1)
 
 
+def _fit(
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    seed: int,
+    steps: int,
+    batch: int,
+    size: int,
+    desc: str,
+    progress: bool,
+) -> None:
+    """``steps`` AdamW steps of cross-entropy on fresh batches (the caller sets the modes)."""
+    bar = tqdm(range(steps), desc=desc, disable=not progress)
+    for step in bar:
+        x, y = _batch(seed, step, batch, size)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+
+
+def _save(model: torch.nn.Module, out: str | Path) -> None:
+    """The model's state as safetensors at ``out`` (parent folders created)."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out))
+
+
 def train(
     out: str | Path,
     seed: int = 0,
@@ -51,30 +84,17 @@ def train(
     instances; AdamW with a one-cycle schedule. Returns the accuracy on a fresh
     ``shapes(1000, seed=12345)`` and the wall time.
     """
-    from safetensors.torch import save_file
-
     torch.manual_seed(seed)
     model = ShapesCNN()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
     start = time.time()
-    bar = tqdm(range(steps), desc="training", disable=not progress)
     model.train()
-    for step in bar:
-        x, y = _batch(seed, step, batch, size)
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step % 20 == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+    _fit(model, opt, sched, seed, steps, batch, size, "training", progress)
     test_x, test_y, _ = shapes(1000, seed=12345, size=size)
     acc = accuracy(model, test_x, test_y)
     model.eval()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out))
+    _save(model, out)
     return {"test_accuracy": acc, "seconds": time.time() - start}
 
 
@@ -96,8 +116,6 @@ def train_vit(
     self-contained. Returns the accuracy on ``shapes(1000, seed=12345)`` and on the issue's
     ``shapes(300, seed=4242)``, and the wall time.
     """
-    from safetensors.torch import save_file
-
     torch.manual_seed(seed)
     model = ShapesViT()
     features = load_model(path=cnn).features
@@ -107,19 +125,10 @@ def train_vit(
     opt = torch.optim.AdamW(trained, lr=2e-3, weight_decay=1e-2)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
     start = time.time()
-    bar = tqdm(range(steps), desc="training the ViT", disable=not progress)
     model.train()
     backbone.eval().requires_grad_(False)
     try:
-        for step in bar:
-            x, y = _batch(seed, step, batch, 96)
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if step % 20 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}")
+        _fit(model, opt, sched, seed, steps, batch, 96, "training the ViT", progress)
     finally:
         backbone.requires_grad_(True)
     model.eval()
@@ -127,9 +136,7 @@ def train_vit(
     acc = accuracy(model, test_x, test_y)
     bar_x, bar_y, _ = shapes(300, seed=4242)
     acc_4242 = accuracy(model, bar_x, bar_y)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out))
+    _save(model, out)
     return {
         "test_accuracy": acc,
         "accuracy_4242": acc_4242,
