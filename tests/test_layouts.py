@@ -113,3 +113,23 @@ def test_primary_output() -> None:
 def test_an_override_that_reads_channels_as_space_is_refused() -> None:
     with pytest.raises(LayerError, match=r"layout='nhwc'.*\(512, 2\)"):
         infer_layout("layer4", (2, 512, 2, 2), (64, 64), spec="nhwc")
+
+
+@pytest.mark.parametrize("method", ["gradcam", "ablationcam"])
+def test_every_path_honours_the_layout_option(method: str) -> None:
+    """C == h == w behind a container: undecidable, so an error naming layout=, and with
+    layout='nchw' both the gradient path and the re-running path (Ablation-CAM) run."""
+    import camlens
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=4, padding=1),
+        nn.Sequential(nn.ReLU()),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
+    ).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with pytest.raises(LayerError, match="layout="):
+        camlens.explain(model, x, method, "1")
+    assert camlens.explain(model, x, method, "1", layout="nchw").raw["1"].shape == (2, 8, 8)

@@ -711,8 +711,19 @@ class Explainer:
                         f"{name!r} outputs {shape}; use a CNN layer, or gradcam / scorecam / "
                         "layercam, which read any layout"
                     )
-                layout = infer_layout(name, tuple(act.shape), tuple(images.shape[2:]), module)
-                if layout.kind != "channels_first" and self.layout_spec in (None, "nhwc"):
+                # a callable layout is the user's word for this map; else decide it as _run does
+                layout = (
+                    Layout("custom", fn=self.layout_spec)
+                    if callable(self.layout_spec)
+                    else infer_layout(
+                        name,
+                        tuple(act.shape),
+                        tuple(images.shape[2:]),
+                        layout_hint_module(self.model, name, module),
+                        spec=self.layout_spec,
+                    )
+                )
+                if layout.kind not in ("channels_first", "custom"):
                     raise LayerError(
                         f"{info.name} zeroes channels of a channels-first feature map, but layer "
                         f"{name!r} is {layout.name}; use gradcam / scorecam / layercam here"
