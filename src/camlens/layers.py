@@ -122,10 +122,17 @@ def find_default_layer(model: nn.Module, images: Any, call: Any = None) -> str:
       through the class token. Never the patch embedding.
     - Segmentation and detection models (a ``backbone`` attribute): the same rules inside the
       backbone (its ``body`` with FPN), never a head, an FPN or a shared module.
+    - Ultralytics YOLO detectors: the neck's P3 output, the detection head's first input (see
+      :mod:`camlens.detection.yolo`), without a dry run.
     The model must already be in the state to explain (eval). ``call(model, x)`` runs it
     (default ``model(x)``); ``images`` is a (B, C, *spatial) tensor or a list of images.
     """
+    from camlens.detection.yolo import default_layer
     from camlens.layouts import _fits, detector_frame, detector_transform, token_grid
+
+    yolo_layer = default_layer(model)
+    if yolo_layer is not None:
+        return yolo_layer
 
     first = images[:1]
     probe: Any

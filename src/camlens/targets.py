@@ -13,7 +13,7 @@ The names in this module are the contract:
 - :func:`segmentation` ``(class_id, mask=None)``: the sum of a class's logits over a mask.
 - :func:`similarity` ``(reference)``: cosine similarity of the output embedding to a reference.
 - :func:`detections` ``(boxes=None, labels=None, iou=0.5, score_threshold=0.5)``: one target
-  per detected (or given) box of a torchvision detector.
+  per detected (or given) box of a torchvision or Ultralytics YOLO detector.
 - any callable ``output -> (B,)`` or ``(B, T)`` scores.
 """
 
@@ -312,15 +312,85 @@ def _per_image(value: Any, batch: int, what: str) -> list[Tensor | None]:
     )
 
 
+Row = tuple[Tensor, Tensor, Tensor, Tensor]  # (scores, ids, boxes, matched) of one image
+
+
+def match_given(
+    given: Tensor,
+    want: Tensor | None,
+    d_boxes: Tensor,
+    d_scores: Tensor,
+    d_labels: Tensor,
+    iou: float,
+) -> Row:
+    """Given boxes (T, 4) matched to detections (n, 4) of the same label (``want`` (T,), any
+    label when None) by the highest IoU >= ``iou``: (scores (T,), ids (T,), boxes, matched).
+    An unmatched box scores 0 (no gradient); its id is its given label, or -1."""
+    device = d_scores.device
+    given = given.to(device, torch.float32).reshape(-1, 4)
+    if want is not None and want.numel() != given.shape[0]:
+        raise TargetError("detections(): give one label per box")
+    overlap = box_iou(given, d_boxes.detach().float())  # (T, n)
+    if want is not None:
+        overlap = torch.where(want[:, None] == d_labels[None, :], overlap, -1.0)
+    if overlap.shape[1]:
+        best_iou, best = overlap.max(dim=1)
+    else:
+        best_iou = torch.full((given.shape[0],), -1.0, device=device)
+        best = torch.zeros(given.shape[0], dtype=torch.long, device=device)
+    matched = best_iou >= iou
+    picked = d_scores[best] if overlap.shape[1] else torch.zeros(given.shape[0], device=device)
+    s = torch.where(matched, picked, torch.zeros_like(picked))
+    ids = (
+        want
+        if want is not None
+        else (d_labels[best] if overlap.shape[1] else torch.full_like(best, -1))
+    )
+    ids = torch.where(matched, ids, torch.full_like(ids, -1)) if want is None else ids
+    return s, ids, given, matched
+
+
+def stack_rows(
+    rows: list[Row],
+    threshold: float,
+    more: dict[str, list[Tensor]] | None = None,
+    stacklevel: int = 5,
+) -> Selection:
+    """Per-image rows -> a (B, T) :class:`Selection`, padded to the most boxes T (id -1, score
+    0, box 0, not matched); ``more``: further per-image (T_i,) long extras, padded with -1."""
+    if all(len(r[0]) == 0 for r in rows):
+        warnings.warn(
+            "detections(): no detection to explain (none scored >= "
+            f"{threshold} or matched a given box); the maps are empty",
+            stacklevel=stacklevel,
+        )
+    t = max(1, max(len(r[0]) for r in rows))
+    dev = rows[0][0].device if rows else torch.device("cpu")
+    scores, ids, bxs, matched = [], [], [], []
+    for s, i, b, m in rows:
+        pad = t - len(s)
+        scores.append(torch.cat([s, s.new_zeros(pad)]) if pad else s)
+        ids.append(torch.cat([i.long(), i.new_full((pad,), -1).long()]))
+        bxs.append(torch.cat([b.float(), b.new_zeros(pad, 4).float()]))
+        matched.append(torch.cat([m, m.new_zeros(pad).bool()]))
+    extras = {"boxes": torch.stack(bxs), "matched": torch.stack(matched)}
+    for key, values in (more or {}).items():
+        extras[key] = torch.stack(
+            [torch.cat([v.long(), v.new_full((t - len(v),), -1)]) for v in values]
+        )
+    return Selection(torch.stack(scores).to(dev), torch.stack(ids).to(dev), extras)
+
+
 class Detections(Target):
-    """One target per detected (or given) box of a torchvision detector.
+    """One target per detected (or given) box of a torchvision or Ultralytics YOLO detector.
 
     Without ``boxes``: every detection with score >= ``score_threshold`` (and, when ``labels``
     is given, of one of those labels). With ``boxes`` (x1, y1, x2, y2, in input pixels): each box
     is matched to the detection of the same label (any label if ``labels`` is None) with the
     highest IoU >= ``iou``; the score is that detection's class score. A box with no match has
     score 0 (no gradient, an empty map) and ``extras["matched"]`` False. Images with fewer
-    boxes are padded to T (id -1, score 0).
+    boxes are padded to T (id -1, score 0). YOLO outputs: see :mod:`camlens.detection.yolo`
+    (``nms_iou`` and ``max_det`` are its non-maximum suppression's settings).
     """
 
     def __init__(
@@ -329,23 +399,38 @@ class Detections(Target):
         labels: Any = None,
         iou: float = 0.5,
         score_threshold: float = 0.5,
+        nms_iou: float = 0.7,
+        max_det: int = 300,
     ):
         self.boxes, self.labels = boxes, labels
         self.iou, self.score_threshold = float(iou), float(score_threshold)
+        self.nms_iou, self.max_det = float(nms_iou), int(max_det)
+
+    def given(self, batch: int) -> tuple[list[Tensor | None], list[Tensor | None]]:
+        """The given boxes and labels, one entry per image (None: not given)."""
+        return _per_image(self.boxes, batch, "boxes"), _per_image(self.labels, batch, "labels")
 
     def select(
         self, output: Any, batch: int, copies: int = 0, score: ScoreFn | None = None
     ) -> Selection:
+        from camlens.detection.yolo import is_yolo_output, select_yolo
+
+        if is_yolo_output(output):
+            if copies:
+                raise TargetError(
+                    "detection targets do not support smooth= or noisy-sample methods"
+                )
+            return select_yolo(self, output, batch)
         if not is_detections(output) or len(output) != batch:
             raise UnsupportedModelError(
                 f"detections() needs a torchvision detector's output (a list of {batch} dicts "
-                f"with boxes, labels, scores), got {describe(output)}"
+                f"with boxes, labels, scores) or an Ultralytics YOLO model's, got "
+                f"{describe(output)}"
             )
         if copies:
             raise TargetError("detection targets do not support smooth= or noisy-sample methods")
-        boxes = _per_image(self.boxes, batch, "boxes")
-        labels = _per_image(self.labels, batch, "labels")
-        rows: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
+        boxes, labels = self.given(batch)
+        rows: list[Row] = []
         for det, given, lab in zip(output, boxes, labels, strict=True):
             d_boxes, d_scores = det["boxes"], det["scores"]
             d_labels = det.get("labels", torch.zeros_like(d_scores, dtype=torch.long))
@@ -364,62 +449,34 @@ class Detections(Target):
                     )
                 )
                 continue
-            given = given.to(device, torch.float32).reshape(-1, 4)
             want = None if lab is None else lab.to(device).long().reshape(-1)
-            if want is not None and want.numel() != given.shape[0]:
-                raise TargetError("detections(): give one label per box")
-            overlap = box_iou(given, d_boxes.detach().float())  # (T, n)
-            if want is not None:
-                overlap = torch.where(want[:, None] == d_labels[None, :], overlap, -1.0)
-            if overlap.shape[1]:
-                best_iou, best = overlap.max(dim=1)
-            else:
-                best_iou = torch.full((given.shape[0],), -1.0, device=device)
-                best = torch.zeros(given.shape[0], dtype=torch.long, device=device)
-            matched = best_iou >= self.iou
-            picked = d_scores[best] if overlap.shape[1] else torch.zeros(given.shape[0])
-            s = torch.where(matched, picked, torch.zeros_like(picked))
-            ids = (
-                want
-                if want is not None
-                else (d_labels[best] if overlap.shape[1] else torch.full_like(best, -1))
-            )
-            ids = torch.where(matched, ids, torch.full_like(ids, -1)) if want is None else ids
-            rows.append((s, ids, given, matched))
-        if all(len(r[0]) == 0 for r in rows):
-            warnings.warn(
-                "detections(): no detection to explain (none scored >= "
-                f"{self.score_threshold} or matched a given box); the maps are empty",
-                stacklevel=4,
-            )
-        t = max(1, max(len(r[0]) for r in rows))
-        dev = rows[0][0].device if rows else torch.device("cpu")
-        scores, ids, bxs, matched = [], [], [], []
-        for s, i, b, m in rows:
-            pad = t - len(s)
-            scores.append(torch.cat([s, s.new_zeros(pad)]) if pad else s)
-            ids.append(torch.cat([i.long(), i.new_full((pad,), -1).long()]))
-            bxs.append(torch.cat([b.float(), b.new_zeros(pad, 4).float()]))
-            matched.append(torch.cat([m, m.new_zeros(pad).bool()]))
-        return Selection(
-            torch.stack(scores).to(dev),
-            torch.stack(ids).to(dev),
-            {"boxes": torch.stack(bxs), "matched": torch.stack(matched)},
-        )
+            rows.append(match_given(given, want, d_boxes, d_scores, d_labels, self.iou))
+        return stack_rows(rows, self.score_threshold)
 
 
 def detections(
-    boxes: Any = None, labels: Any = None, iou: float = 0.5, score_threshold: float = 0.5
+    boxes: Any = None,
+    labels: Any = None,
+    iou: float = 0.5,
+    score_threshold: float = 0.5,
+    nms_iou: float = 0.7,
+    max_det: int = 300,
 ) -> Detections:
-    """Explain a torchvision detector (Faster R-CNN, RetinaNet, FCOS, SSD): one map per box.
+    """Explain a detector's boxes, one map per box: torchvision (Faster R-CNN, RetinaNet, FCOS,
+    SSD) and Ultralytics YOLO (v5u, v8, 11; detection and segmentation models).
 
     ``boxes``: None (every detection with score >= ``score_threshold``), or per image a
     (T_i, 4) tensor of (x1, y1, x2, y2) boxes to explain (one (T, 4) tensor for all images);
     ``labels``: the class of each given box (or, without boxes, the labels to keep). A given box
     explains the detection of its label with the highest IoU >= ``iou``.
-    Explanation: maps (B, T, H, W), scores/targets (B, T), ``extras["boxes"]`` (B, T, 4).
+    YOLO only (torchvision detectors run their own): ``nms_iou`` and ``max_det`` are the
+    non-maximum suppression's IoU threshold and most boxes per image (Ultralytics' predictor
+    defaults, 0.7 and 300; its default confidence is 0.25, pass ``score_threshold=0.25`` to
+    get its boxes).
+    Explanation: maps (B, T, H, W), scores/targets (B, T) in descending score,
+    ``extras["boxes"]`` (B, T, 4) in input pixels.
     """
-    return Detections(boxes, labels, iou, score_threshold)
+    return Detections(boxes, labels, iou, score_threshold, nms_iou, max_det)
 
 
 class _Callable(Target):
