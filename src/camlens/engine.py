@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from camlens import cams as _cams  # noqa: F401  (registers the methods)
 from camlens.capture import Capture, check_images, noisy_copies, preserved_model
+from camlens.detection.mixed import explain_list, needs_grouping
 from camlens.display import display_maps, framed, logits_or_none
 from camlens.errors import GradientUnavailableError, InputError, LayerError, TargetError
 from camlens.explanation import Explanation
@@ -144,12 +145,15 @@ class Explainer:
         """Explain a batch.
 
         ``images``: (B, C, H, W), (B, C, D, H, W) for volumes and video, or a list of
-        same-size (C, H, W) images (torchvision detectors). ``target``: None (top class), an
-        int, B ints, (B, T) ints, a :mod:`camlens.targets` target (``top(k)``,
-        ``segmentation``, ``similarity``, ``detections``) or a callable output -> (B,) or
-        (B, T) scores. With T targets per image, maps are (B, T, *spatial).
+        (C, H, W) images for detectors (torchvision, YOLO); of different sizes, one pass per
+        size and ``maps`` a list of (T, H_i, W_i) (see :mod:`camlens.detection.mixed`).
+        ``target``: None (top class), an int, B ints, (B, T) ints, a :mod:`camlens.targets`
+        target (``top(k)``, ``segmentation``, ``similarity``, ``detections``) or a callable
+        output -> (B,) or (B, T) scores. With T targets per image, maps are (B, T, *spatial).
         """
         model, info = self.model, self.method
+        if needs_grouping(model, images):  # detectors: images of several sizes, YOLO lists
+            return explain_list(self, images, target)
         images, model_input = check_images(model, images)
         if (info.needs_grads or info.inputs == "model") and torch.is_inference_mode_enabled():
             raise GradientUnavailableError(

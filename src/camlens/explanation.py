@@ -17,6 +17,10 @@ class Explanation:
     (B, T, h, w), targets and scores (B, T). Volumes and video have one more spatial dimension:
     (B, D, H, W) and (B, d, h, w).
 
+    A detector given a list of images of different sizes gives ``maps`` as a list with one
+    (T, H_i, W_i) tensor per image and ``raw`` as a list per layer (see
+    :mod:`camlens.detection.mixed`).
+
     Attributes:
         maps: float32 in [0, 1] at the input's size: ReLU, bilinear (trilinear) upsampling,
             (layer fusion,) per-image min-max. A map with no spatial information is all zeros.
@@ -32,8 +36,8 @@ class Explanation:
             Grad-CAM's (B, C, H, W) map, the (B, T, 4) boxes of detection targets).
     """
 
-    maps: Tensor
-    raw: dict[str, Tensor]
+    maps: Tensor | list[Tensor]
+    raw: dict[str, Tensor] | dict[str, list[Tensor]]
     targets: Tensor
     scores: Tensor
     layers: list[str]
@@ -42,4 +46,4 @@ class Explanation:
     extras: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
-        return int(self.maps.shape[0])
+        return len(self.maps)
