@@ -29,6 +29,7 @@ def _warn_random_weights(args: argparse.Namespace) -> None:
         args.weights is None
         and args.model not in ("demo", "demo-vit")
         and not args.model.startswith("hf:")
+        and not (args.model.startswith("ultralytics:") and args.model.lower().endswith(".pt"))
     ):
         print(
             f"camlens: warning: {args.model} has random weights (pass --weights DEFAULT or PATH)",
@@ -115,7 +116,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     try:
         for method in args.method:
             camlens.method_info(method)
-        spec = build_model(args.model, args.weights)
+        spec = build_model(args.model, args.weights, trust_pickle=args.trust_pickle)
     except CamlensError as exc:
         _fail(str(exc))
         return 2
@@ -133,6 +134,11 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         _fail("no readable image to explain")
         return 1
     device = _device(args.device)
+    if spec.task == "detect":  # one overlay per detected box
+        from camlens.detection.cli import explain_detector
+
+        code = explain_detector(args, spec, loaded, _unique_stems(paths), paths, device)
+        return max(code, 1 if failed else 0)
     model = spec.model.to(device)
     x = spec.preprocess(loaded).to(device)
     with torch.no_grad():
@@ -423,8 +429,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         required=True,
         help="a torchvision classifier name (resnet50), 'demo', 'demo-vit', timm:NAME (pip "
-        "install camlens[timm]) or hf:LOCAL_DIR (a transformers save_pretrained folder, loaded "
-        "offline; pip install camlens[hf])",
+        "install camlens[timm]), hf:LOCAL_DIR (a transformers save_pretrained folder, loaded "
+        "offline; pip install camlens[hf]) or ultralytics:CONFIG (a YOLO detector from its "
+        "yaml, e.g. ultralytics:yolov8n.yaml; one overlay per box; pip install camlens[yolo])",
+    )
+    explain.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow --model ultralytics:FILE.pt: a pickle, which can run code when loaded; "
+        "pass it only for files you trust",
+    )
+    explain.add_argument(
+        "--conf",
+        type=float,
+        default=0.25,
+        help="detectors: explain every box with a class score >= CONF (default 0.25, "
+        "Ultralytics' predict default)",
     )
     explain.add_argument(
         "--weights",

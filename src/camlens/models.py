@@ -1,5 +1,6 @@
 """Building the models the CLI can explain: torchvision classifiers by name, the demo models,
-timm models (``timm:NAME``) and saved Hugging Face transformers models (``hf:LOCAL_DIR``).
+timm models (``timm:NAME``), saved Hugging Face transformers models (``hf:LOCAL_DIR``) and
+Ultralytics YOLO detectors (``ultralytics:CONFIG``).
 
 timm and transformers are optional extras (``pip install camlens[timm]`` / ``camlens[hf]``);
 they are imported inside the functions that need them, never by ``import camlens``. Nothing is
@@ -53,6 +54,9 @@ class ModelSpec:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     interpolation: str = "bilinear"
+    #: "classify", or "detect" for detectors (``ultralytics:``), which the CLI explains box by
+    #: box after letterboxing each image to ``size`` (see :mod:`camlens.detection.yolo`)
+    task: str = "classify"
 
     @property
     def stats(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
@@ -105,7 +109,7 @@ def torchvision_names() -> list[str]:
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
-def build_model(name: str, weights: str | None = None) -> ModelSpec:
+def build_model(name: str, weights: str | None = None, trust_pickle: bool = False) -> ModelSpec:
     """``name``: "demo" (the shapes CNN), "demo-vit" (the shapes hybrid ViT), a torchvision
     classification model ("resnet50"), ``"timm:NAME"`` (any ``timm.create_model`` name, with an
     optional pretrained tag) or ``"hf:LOCAL_DIR"`` (a directory written by a transformers image
@@ -115,7 +119,16 @@ def build_model(name: str, weights: str | None = None) -> ModelSpec:
     "DEFAULT" (torchvision's or timm's pretrained weights: needs the network or a filled cache),
     or a path to a state dict (safetensors, or torch with ``weights_only=True``). ``hf:`` models
     load the weights saved in their directory and take no ``weights``.
+
+    ``"ultralytics:CONFIG"``: a YOLO detector (pip install camlens[yolo]) from a config name
+    resolved as Ultralytics does (``ultralytics:yolov8n.yaml``) or a ``.yaml`` path, random
+    weights unless ``weights`` is a state dict; a ``.pt`` checkpoint is a pickle and is loaded
+    only with ``trust_pickle``.
     """
+    if name.startswith("ultralytics:"):
+        from camlens.detection.yolo import model_spec
+
+        return model_spec(name.removeprefix("ultralytics:"), weights, trust_pickle)
     if name.startswith("timm:"):
         return _build_timm(name.removeprefix("timm:"), weights)
     if name.startswith("hf:"):

@@ -38,6 +38,7 @@ only by :func:`load_model`, never vendored.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,6 +49,9 @@ from torch import Tensor, nn
 from camlens.errors import InputError, UnsupportedModelError
 
 if TYPE_CHECKING:
+    from PIL import Image
+
+    from camlens.models import ModelSpec
     from camlens.targets import Detections, Selection
 
 #: Ultralytics' NMS constants: the per-class box offset and the most boxes sent to NMS
@@ -256,8 +260,10 @@ def load_model(config: str, trust_pickle: bool = False) -> nn.Module:
     ``"yolo11s-seg.yaml"``: the scale letter picks the depth and width of the family's yaml
     shipped with the package) or a path to a ``.yaml`` (random weights), or a ``.pt``
     checkpoint, which is a pickle (loading it can run code): refused unless ``trust_pickle``.
-    Detection, segmentation and pose models; no download ever happens (URLs are refused).
+    Detection, segmentation and pose models; no download ever happens (URLs are refused,
+    and ``YOLO_OFFLINE=1`` is set unless the environment already says otherwise).
     """
+    os.environ.setdefault("YOLO_OFFLINE", "1")  # no update checks, no telemetry, no downloads
     try:
         import ultralytics  # noqa: F401
     except ImportError:
@@ -318,3 +324,50 @@ def _load_checkpoint(path: str, trust_pickle: bool) -> nn.Module:
 
     model, _ = load_checkpoint(path, device="cpu")
     return model.float().eval()
+
+
+def model_spec(config: str, weights: str | None = None, trust_pickle: bool = False) -> ModelSpec:
+    """``--model ultralytics:CONFIG`` for the CLI: :func:`load_model`, plus ``weights`` (a
+    state dict: safetensors or torch with ``weights_only=True``) for a yaml-built model. Inputs
+    are RGB in [0, 1], letterboxed to 640 (:func:`letterbox`); class names from the model (a
+    yaml-built model's are its class numbers)."""
+    from camlens.io import load_weights
+    from camlens.models import ModelSpec
+
+    if not config:
+        raise InputError("ultralytics: needs a config, e.g. ultralytics:yolov8n.yaml")
+    if weights is not None and config.lower().endswith(".pt"):
+        raise InputError(
+            f"ultralytics:{config} holds its own weights; drop --weights, or build the model "
+            "from its .yaml and pass --weights a state dict"
+        )
+    model = load_model(config, trust_pickle=trust_pickle)
+    if weights is not None:
+        load_weights(model, Path(weights))
+    names = getattr(model, "names", None) or {}
+    if isinstance(names, Mapping):
+        classes = [str(names.get(i, i)) for i in range(len(names))]
+    else:
+        classes = [str(n) for n in names]
+    return ModelSpec(
+        model.eval(), f"ultralytics:{config}", classes, 640, None, "none", task="detect"
+    )
+
+
+def letterbox(image: Image.Image, size: int = 640, stride: int = 32) -> Tensor:
+    """An RGB image as Ultralytics' predictor feeds it (its ``LetterBox`` with ``auto=True``):
+    the longer side resized to ``size`` (aspect kept, bilinear), each side padded to the next
+    multiple of ``stride`` with grey 114/255, the padding split between both sides.
+    -> (3, H, W) in [0, 1]. Not bit-identical to OpenCV's resize."""
+    import torchvision.transforms.functional as TF
+
+    w, h = image.size
+    r = min(size / h, size / w)
+    new_w, new_h = round(w * r), round(h * r)
+    x = TF.to_tensor(image.convert("RGB"))
+    x = TF.resize(x, [new_h, new_w], antialias=True).clamp(0, 1)
+    pad_w, pad_h = (-new_w) % stride, (-new_h) % stride
+    left, top = round(pad_w / 2 - 0.1), round(pad_h / 2 - 0.1)
+    out = torch.full((3, new_h + pad_h, new_w + pad_w), 114 / 255)
+    out[:, top : top + new_h, left : left + new_w] = x
+    return out
