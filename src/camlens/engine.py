@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from camlens import cams as _cams  # noqa: F401  (registers the methods)
 from camlens.capture import Capture, check_images, noisy_copies, preserved_model
+from camlens.detection import scales
 from camlens.detection.mixed import explain_list, needs_grouping
 from camlens.display import display_maps, framed, logits_or_none
 from camlens.errors import GradientUnavailableError, InputError, LayerError, TargetError
@@ -175,6 +176,8 @@ class Explainer:
     def _explain(self, images: Tensor, model_input: Any, target: TargetSpec) -> Explanation:
         model, info = self.model, self.method
         with preserved_model(model):
+            if scales.applies(self, target):  # YOLO boxes, each at its own scale
+                return scales.run(self, images, target)
             if self._layers is None:
                 self._layers = resolve_layers(model, find_default_layer(model, model_input))
             if not self._fast_multi() and self._maybe_multi(target):

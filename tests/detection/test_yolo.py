@@ -29,33 +29,41 @@ def _y(model: nn.Module, x: Tensor) -> Tensor:
 
 
 def _reference(
-    model: nn.Module, x: Tensor, conf: float, iou: float
+    model: nn.Module, x: Tensor, conf: float, iou: float, level: int | None = None
 ) -> tuple[list[Tensor], list[Tensor], Tensor, Tensor, Tensor]:
-    """By hand: a hook makes the P3 neck output a leaf, Ultralytics' own NMS picks the boxes and
-    their anchors, autograd gives each box's dS/dA (S = y[b, 4 + c, anchor]); Grad-CAM and
-    LayerCAM from their formulas. Returns per-image (T_i, h, w) Grad-CAM and LayerCAM raw maps,
-    and the predictor's boxes, classes and scores of image 0."""
+    """By hand: a hook makes one head input a leaf (the P3 neck output, or with ``level`` the
+    scale's own), Ultralytics' own NMS picks the boxes and their anchors, autograd gives each
+    box's dS/dA (S = y[b, 4 + c, anchor], through the whole network above the leaf); Grad-CAM
+    and LayerCAM from their formulas. Returns per-image (T_i, h, w) Grad-CAM and LayerCAM raw
+    maps (zero for boxes of other scales when ``level`` is given), and the predictor's boxes,
+    classes and scores of image 0."""
     store: dict[str, Tensor] = {}
 
     def hook(_m: nn.Module, _i: object, out: Tensor) -> Tensor:
         store["a"] = out.detach().requires_grad_(True)
         return store["a"]
 
-    layer = model.model[model.model[-1].f[0]]
+    head = model.model[-1]
+    layer = model.model[head.f[0 if level is None else level]]
     handle = layer.register_forward_hook(hook)
     try:
         with torch.enable_grad():
-            y = model(x)[0]
+            y, raw = model(x)
     finally:
         handle.remove()
     y = y[0] if isinstance(y, (tuple, list)) else y
     nc = _head_nc(model)
     out, idx = unms(y.detach().clone(), conf, iou, nc=nc, return_idxs=True)
+    ends = torch.tensor([f.shape[2] * f.shape[3] for f in raw["feats"]]).cumsum(0)
     acts = store["a"]
     gradcams, layercams = [], []
     for b in range(x.shape[0]):
         gc, lc = [], []
         for k, anchor in enumerate(idx[b].tolist()):
+            if level is not None and int((anchor >= ends).sum()) != level:
+                gc.append(torch.zeros(acts.shape[2:]))
+                lc.append(torch.zeros(acts.shape[2:]))
+                continue
             score = y[b, 4 + int(out[b][k, 5]), anchor]
             (g,) = torch.autograd.grad(score, acts, retain_graph=True)
             a, gb = acts[b].detach(), g[b]
@@ -92,17 +100,17 @@ def test_nms_equals_ultralytics(det_model: nn.Module, multi_label: bool) -> None
 
 
 @pytest.mark.parametrize("method", ["gradcam", "layercam"])
-def test_each_box_map_equals_hand_reference(det_model: nn.Module, method: str) -> None:
+def test_each_box_map_at_p3_equals_hand_reference(det_model: nn.Module, method: str) -> None:
     x = smooth_images(1, 128, 160)
     x = torch.cat([x, x.flip(-1)])  # two images with alike score ranges: a few boxes each
     conf = threshold_for(det_model, x, 8)
-    ex = camlens.explain(
-        det_model, x, method, target=T.detections(score_threshold=conf, nms_iou=0.7)
-    )
+    p3 = default_layer(det_model)
+    target = T.detections(score_threshold=conf, nms_iou=0.7)
+    ex = camlens.explain(det_model, x, method, p3, target=target)
     gradcams, layercams, boxes0, cls0, scores0 = _reference(det_model, x, conf, 0.7)
     ref = gradcams if method == "gradcam" else layercams
     layer = ex.layers[0]
-    assert layer == default_layer(det_model)
+    assert ex.layers == [p3]
     raw = ex.raw[layer]  # (B, T, h, w) at P3: stride 8
     assert raw.shape[2:] == (16, 20)
     assert ex.maps.shape[:2] == raw.shape[:2] and ex.maps.shape[2:] == (128, 160)
@@ -119,6 +127,51 @@ def test_each_box_map_equals_hand_reference(det_model: nn.Module, method: str) -
     torch.testing.assert_close(ex.scores[0, :n0], scores0)
     assert bool((ex.scores[0, :n0].diff() <= 0).all())
     assert bool((ex.extras["levels"][0, :n0] >= 0).all())
+
+
+@pytest.mark.parametrize("method", ["gradcam", "layercam"])
+def test_each_box_at_its_own_scale_equals_hand_reference(det_model: nn.Module, method: str):
+    """layer=None: each box at the head input of the scale that produced it; the boxes share
+    gradients where their windows are disjoint, which must change nothing."""
+    x = smooth_images(1, 192, 160, seed=6)
+    x = torch.cat([x, x.flip(-2)])
+    conf = threshold_for(det_model, x, 16)
+    target = T.detections(score_threshold=conf)
+    ex = camlens.explain(det_model, x, method, target=target)
+    head = det_model.model[-1]
+    assert ex.layers == [f"model.{i}" for i in head.f]
+    levels = ex.extras["levels"]
+    assert len(set(levels[levels >= 0].tolist())) >= 2  # boxes of several scales
+    for level, name in enumerate(ex.layers):
+        gradcams, layercams, boxes0, cls0, _ = _reference(det_model, x, conf, 0.7, level)
+        ref = gradcams if method == "gradcam" else layercams
+        for b in range(2):
+            n = len(ref[b])
+            mine = levels[b, :n] == level
+            scale = max(float(ref[b].abs().max()), 1e-12)
+            got = ex.raw[name][b, :n]
+            torch.testing.assert_close(got, ref[b], rtol=1e-4, atol=1e-5 * scale)
+            assert bool((got[~mine] == 0).all())
+        assert torch.equal(ex.extras["boxes"][0, : len(boxes0)], boxes0)
+        assert torch.equal(ex.targets[0, : len(cls0)], cls0)
+    assert ex.maps.shape[2:] == (192, 160)
+
+
+def test_head_radius_and_groups() -> None:
+    from camlens.detection.scales import _groups, radius
+
+    for config in ("yolov8n.yaml", "yolo11n.yaml"):
+        head = yolo(config).model[-1]
+        assert [radius(branch) for branch in head.cv3] == [2.0, 2.0, 2.0]
+    assert radius(nn.Sequential(nn.Conv2d(3, 3, 3, stride=2))) == float("inf")
+    assert radius(nn.Sequential(nn.MaxPool2d(3, 1, 1))) == float("inf")
+    # image, scale, anchor cell: boxes 0 and 1 are 5 cells apart (disjoint windows of radius
+    # 2), box 2 is 4 from box 0 (overlap), box 3 is another image, box 4 another scale
+    images = torch.tensor([0, 0, 0, 1, 0])
+    levels = torch.tensor([0, 0, 0, 0, 1])
+    cells = torch.tensor([[0, 0], [5, 0], [4, 4], [0, 0], [0, 0]])
+    assert _groups(images, levels, cells, [2.0, 2.0, 2.0]).tolist() == [0, 0, 1, 0, 0]
+    assert _groups(images, levels, cells, [float("inf")] * 3).tolist() == [0, 1, 2, 0, 0]
 
 
 def test_model_left_as_it_came_and_nothing_downloaded(monkeypatch: pytest.MonkeyPatch) -> None:

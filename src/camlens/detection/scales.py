@@ -1,0 +1,198 @@
+"""YOLO boxes explained at the scale that produced them, all boxes of a batch in a few gradients.
+
+With ``layer=None``, a :func:`camlens.targets.detections` target and a gradient method (the
+``(acts, grads)`` family: gradcam, layercam, hirescam, xgradcam, ...), a box found at scale l
+(P3, P4, P5) is explained at the head's input at that scale, A_l = ``model.{head.f[l]}``:
+
+    S_k = sigmoid(z_c(a)),  z = cv3_l(A_l)  (the class branch of the head at scale l)
+    raw_k = method(A_l[b], dS_k/dA_l[b])   at A_l's resolution, upsampled to the image
+
+dS_k/dA_l is the total derivative: A_l reaches the scores of scale l only through the class
+branch cv3_l (the neck's next stages feed the other scales), so each A_l is made its own leaf.
+
+Cost. cv3_l is a stack of stride-1 convolutions of total radius r_l (2 cells in YOLOv8 and
+YOLO11), so dS_k/dA_l is zero outside the (2 r_l + 1)^2 cells around the box's anchor. Boxes
+whose windows do not overlap (another image, another scale, or anchors more than 2 r_l cells
+apart) share one backward: their scores are summed, and each box's gradient is its own window
+of the sum, exactly. Boxes are put greedily into such groups, and all groups go through one
+batched backward (``is_grads_batched``) through the class branches only, so explaining every
+box of an image costs about one forward plus a backward of the head per group, instead of a
+backward of the network above the layer per box. A head whose radius cannot be read from its
+modules (anything but stride-1 convolutions and pointwise layers) gets one group per box.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from camlens.detection.yolo import predictions, select_yolo, yolo_head
+from camlens.display import display_maps
+from camlens.errors import LayerError
+from camlens.explanation import Explanation
+from camlens.targets import Detections
+
+if TYPE_CHECKING:
+    from camlens.engine import Explainer
+
+_POINTWISE = (
+    nn.BatchNorm2d,
+    nn.Identity,
+    nn.SiLU,
+    nn.ReLU,
+    nn.LeakyReLU,
+    nn.Hardswish,
+    nn.GELU,
+    nn.Sigmoid,
+    nn.Dropout,
+)
+
+
+def applies(explainer: Explainer, target: Any) -> bool:
+    """Whether a call is explained per scale: an Ultralytics detector, ``layer=None``, a
+    detections target and a plain gradient method (no ``smooth``, no ``exact``)."""
+    info = explainer.method
+    return (
+        explainer._layers is None
+        and isinstance(target, Detections)
+        and info.inputs == "grads"
+        and not explainer.smooth
+        and not explainer.exact
+        and yolo_head(explainer.model) is not None
+        and hasattr(yolo_head(explainer.model), "cv3")
+    )
+
+
+def radius(branch: nn.Module) -> float:
+    """The receptive radius in cells of a stack of stride-1 convolutions and pointwise layers:
+    sum of dilation * (k - 1) / 2; infinite for anything else (a stride, pooling, attention)."""
+    total = 0
+    for module in branch.modules():
+        if list(module.children()):
+            continue  # containers: their leaves are counted
+        if isinstance(module, nn.Conv2d):
+            if any(s != 1 for s in module.stride) or module.padding_mode != "zeros":
+                return float("inf")
+            total += max(
+                d * (k - 1) // 2 for d, k in zip(module.dilation, module.kernel_size, strict=True)
+            )
+        elif not isinstance(module, _POINTWISE):
+            return float("inf")
+    return float(total)
+
+
+def _groups(images: Tensor, levels: Tensor, cells: Tensor, radii: list[float]) -> Tensor:
+    """Greedy groups (N,) of boxes whose gradient windows are disjoint: boxes of one image and
+    one scale must be more than 2 r apart (Chebyshev distance between their anchor cells)."""
+    group = torch.empty(len(levels), dtype=torch.long)
+    members: list[list[int]] = []
+    rows = list(zip(images.tolist(), levels.tolist(), cells.tolist(), strict=True))
+    for k, (b, lev, (i, j)) in enumerate(rows):
+        r = radii[lev]
+        for g, mem in enumerate(members):
+            if all(
+                rows[m][0] != b
+                or rows[m][1] != lev
+                or max(abs(rows[m][2][0] - i), abs(rows[m][2][1] - j)) > 2 * r
+                for m in mem
+            ):
+                mem.append(k)
+                group[k] = g
+                break
+        else:
+            group[k] = len(members)
+            members.append([k])
+    return group
+
+
+def run(explainer: Explainer, images: Tensor, target: Detections) -> Explanation:
+    """Explain every box of a YOLO detector at its own scale (see the module docstring)."""
+    model, info = explainer.model, explainer.method
+    head = yolo_head(model)
+    names = [f"model.{i}" for i in head.f]
+    leaves: dict[int, Tensor] = {}
+    calls = [0] * len(names)
+
+    def hook(level: int):
+        def fn(_m: nn.Module, _i: Any, out: Any) -> Tensor:
+            calls[level] += 1
+            torch.set_grad_enabled(True)  # autograd from the first scale's output on
+            leaves[level] = out.detach().requires_grad_(True)
+            return leaves[level].clone()
+
+        return fn
+
+    handles = [model.model[i].register_forward_hook(hook(lev)) for lev, i in enumerate(head.f)]
+    try:
+        with torch.no_grad():
+            output = model(images)
+    finally:
+        for h in handles:
+            h.remove()
+    if any(c != 1 for c in calls):
+        raise LayerError(f"the YOLO head's inputs {names} must each run once per forward")
+    batch = images.shape[0]
+    with torch.enable_grad():
+        sel = select_yolo(target, output, batch)
+    _, _, sizes = predictions(output)
+    logits = output[1]["scores"]  # (B, nc, A): sigmoid(logits) are the class scores in y
+    anchors, levels, ids = sel.extras["anchors"], sel.extras["levels"], sel.ids
+    t = ids.shape[1]
+    live = (anchors >= 0).reshape(-1)
+    flat = live.nonzero()[:, 0]
+    b_of, a_of = flat // t, anchors.reshape(-1)[flat]
+    lev_of = levels.reshape(-1)[flat]
+    widths = [int(leaves[lev].shape[3]) for lev in range(len(names))]
+    starts = torch.tensor([0, *sizes], device=anchors.device).cumsum(0)[:-1]
+    local = a_of - starts[lev_of]
+    w_of = torch.tensor(widths, device=anchors.device)[lev_of]
+    cells = torch.stack([local // w_of, local % w_of], dim=1)
+    radii = [radius(head.cv3[lev]) for lev in range(len(names))]
+    raws = [images.new_zeros(batch, t, *leaves[lev].shape[2:]) for lev in range(len(names))]
+    if len(flat):
+        with torch.enable_grad():
+            scores = logits[b_of, ids.reshape(-1)[flat], a_of].sigmoid()  # (N,) = y[b, 4+c, a]
+        group = _groups(b_of.cpu(), lev_of.cpu(), cells.cpu(), radii).to(scores.device)
+        n_groups = int(group.max()) + 1
+        pick = torch.zeros(n_groups, len(flat), device=scores.device, dtype=scores.dtype)
+        pick[group, torch.arange(len(flat), device=scores.device)] = 1
+        inputs = [leaves[lev] for lev in range(len(names))]
+        grads = torch.autograd.grad(
+            scores, inputs, grad_outputs=pick, is_grads_batched=True, allow_unused=True
+        )
+        with torch.no_grad():
+            for lev, (act, g) in enumerate(zip(inputs, grads, strict=True)):
+                mine = (lev_of == lev).nonzero()[:, 0]
+                if g is None or not len(mine):
+                    continue
+                box_grad = g[group[mine], b_of[mine]]  # (n, C, h, w): the group's sum
+                if radii[lev] != float("inf"):  # keep each box's own window of the sum
+                    h, w = act.shape[2:]
+                    ii = torch.arange(h, device=act.device)[None, :, None]
+                    jj = torch.arange(w, device=act.device)[None, None, :]
+                    ci, cj = cells[mine, 0][:, None, None], cells[mine, 1][:, None, None]
+                    window = ((ii - ci).abs() <= radii[lev]) & ((jj - cj).abs() <= radii[lev])
+                    box_grad = box_grad * window[:, None].to(box_grad.dtype)
+                raw = info.fn(
+                    act.detach()[b_of[mine]].float(), box_grad.float(), **explainer._fn_options
+                )
+                raws[lev].view(-1, *raw.shape[1:])[flat[mine]] = raw
+    size = tuple(images.shape[2:])
+    maps = images.new_zeros(batch, t, *size)
+    with torch.no_grad():
+        for lev in range(len(names)):
+            mine = flat[lev_of == lev]
+            if len(mine):
+                level_raw = raws[lev].view(-1, *raws[lev].shape[2:])[mine]
+                maps.view(-1, *size)[mine] = display_maps([level_raw], size)
+    return Explanation(
+        maps=maps,
+        raw=dict(zip(names, raws, strict=True)),
+        targets=ids,
+        scores=sel.scores.detach(),
+        layers=names,
+        method=info.name,
+        extras=dict(sel.extras),
+    )
