@@ -8,7 +8,9 @@ With ``layer=None``, a :func:`camlens.targets.detections` target and a gradient 
     raw_k = method(A_l[b], dS_k/dA_l[b])   at A_l's resolution, upsampled to the image
 
 dS_k/dA_l is the total derivative: A_l reaches the scores of scale l only through the class
-branch cv3_l (the neck's next stages feed the other scales), so each A_l is made its own leaf.
+branch cv3_l (the neck's next stages feed the other scales), so each A_l is made its own leaf
+where the head receives it, and autograd records the head alone (backbone and neck run without
+a graph).
 
 Cost. cv3_l is a stack of stride-1 convolutions of total radius r_l (2 cells in YOLOv8 and
 YOLO11), so dS_k/dA_l is zero outside the (2 r_l + 1)^2 cells around the box's anchor. Boxes
@@ -112,27 +114,23 @@ def run(explainer: Explainer, images: Tensor, target: Detections) -> Explanation
     model, info = explainer.model, explainer.method
     head = yolo_head(model)
     names = [f"model.{i}" for i in head.f]
-    leaves: dict[int, Tensor] = {}
-    calls = [0] * len(names)
+    leaves: list[Tensor] = []
 
-    def hook(level: int):
-        def fn(_m: nn.Module, _i: Any, out: Any) -> Tensor:
-            calls[level] += 1
-            torch.set_grad_enabled(True)  # autograd from the first scale's output on
-            leaves[level] = out.detach().requires_grad_(True)
-            return leaves[level].clone()
+    def pre_hook(_m: nn.Module, inputs: tuple) -> tuple:
+        # the head's inputs are the outputs of model.{f[l]}: each becomes a leaf, and autograd
+        # records only the head (the backbone and neck run under no_grad)
+        torch.set_grad_enabled(True)
+        leaves[:] = [t.detach().requires_grad_(True) for t in inputs[0]]
+        return ([t.clone() for t in leaves], *inputs[1:])
 
-        return fn
-
-    handles = [model.model[i].register_forward_hook(hook(lev)) for lev, i in enumerate(head.f)]
+    handle = head.register_forward_pre_hook(pre_hook)
     try:
         with torch.no_grad():
             output = model(images)
     finally:
-        for h in handles:
-            h.remove()
-    if any(c != 1 for c in calls):
-        raise LayerError(f"the YOLO head's inputs {names} must each run once per forward")
+        handle.remove()
+    if len(leaves) != len(names):
+        raise LayerError(f"the YOLO head did not receive its inputs {names} as a list")
     batch = images.shape[0]
     with torch.enable_grad():
         sel = select_yolo(target, output, batch)
