@@ -253,3 +253,17 @@ def test_no_detection_warns_and_maps_are_empty() -> None:
             model, smooth_images(1, 64, 64), "gradcam", target=T.detections(score_threshold=1.0)
         )
     assert ex.targets.tolist() == [[-1]] and bool((ex.maps == 0).all())
+
+
+@pytest.mark.parametrize("config", ["yolov5nu.yaml", "yolov8n-pose.yaml"])
+def test_v5u_and_pose_models_explain_their_boxes(config: str) -> None:
+    model = yolo(config)
+    x = smooth_images(1, 64, 96, seed=8)
+    y = _y(model, x)
+    theirs = unms(y.clone(), 0.0, 0.7, max_det=3, nc=_head_nc(model))[0]
+    ex = camlens.explain(
+        model, x, "gradcam", target=T.detections(score_threshold=0.0, max_det=3)
+    )
+    assert torch.equal(ex.extras["boxes"][0], theirs[:, :4])
+    assert torch.equal(ex.targets[0], theirs[:, 5].long())
+    assert ex.maps.shape == (1, 3, 64, 96) and bool((ex.maps.flatten(2).amax(2) > 0).all())
