@@ -97,7 +97,8 @@ def main() -> None:
     groups = _groups(
         torch.zeros_like(levels.cpu()), levels.cpu(), cells, [radius(b) for b in head.cv3]
     )
-    n_boxes, n_groups = len(levels), int(groups.max()) + 1
+    n_boxes = len(levels)  # backward rows: the groups of each scale
+    n_groups = sum(len(groups[levels.cpu() == lev].unique()) for lev in range(len(head.f)))
     per_scale = camlens.Explainer(model, "gradcam")
     single = camlens.Explainer(model, "gradcam")
     p3 = camlens.Explainer(model, "gradcam", f"model.{head.f[0]}")
@@ -108,8 +109,8 @@ def main() -> None:
 
     contenders: dict[str, Callable[[], object]] = {
         "no-grad forward": forward,
-        f"camlens gradcam, every box ({n_boxes} boxes, {n_groups} groups)": lambda: per_scale(
-            x, every
+        f"camlens gradcam, every box ({n_boxes} boxes, {n_groups} backward rows)": lambda: (
+            per_scale(x, every)
         ),
         "camlens gradcam, the top box": lambda: single(x, one),
     }

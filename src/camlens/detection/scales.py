@@ -16,11 +16,12 @@ Cost. cv3_l is a stack of stride-1 convolutions of total radius r_l (2 cells in 
 YOLO11), so dS_k/dA_l is zero outside the (2 r_l + 1)^2 cells around the box's anchor. Boxes
 whose windows do not overlap (another image, another scale, or anchors more than 2 r_l cells
 apart) share one backward: their scores are summed, and each box's gradient is its own window
-of the sum, exactly. Boxes are put greedily into such groups, and all groups go through one
-batched backward (``is_grads_batched``) through the class branches only, so explaining every
-box of an image costs about one forward plus a backward of the head per group, instead of a
-backward of the network above the layer per box. A head whose radius cannot be read from its
-modules (anything but stride-1 convolutions and pointwise layers) gets one group per box.
+of the sum, exactly. Boxes are put greedily into such groups, and the groups of each scale go
+through one batched backward (``is_grads_batched``) through that scale's class branch only, so
+explaining every box of an image costs about one forward plus a backward of one class branch
+per group, instead of a backward of the network above the layer per box. A head whose radius
+cannot be read from its modules (anything but stride-1 convolutions and pointwise layers) gets
+one group per box.
 """
 
 from __future__ import annotations
@@ -149,34 +150,33 @@ def run(explainer: Explainer, images: Tensor, target: Detections) -> Explanation
     cells = torch.stack([local // w_of, local % w_of], dim=1)
     radii = [radius(head.cv3[lev]) for lev in range(len(names))]
     raws = [images.new_zeros(batch, t, *leaves[lev].shape[2:]) for lev in range(len(names))]
-    if len(flat):
+    group = _groups(b_of.cpu(), lev_of.cpu(), cells.cpu(), radii).to(anchors.device)
+    for lev, act in enumerate(leaves):
+        mine = (lev_of == lev).nonzero()[:, 0]
+        if not len(mine):
+            continue
+        # one batched backward per scale, through that scale's class branch alone (autograd
+        # runs only the nodes between these scores and this leaf; the other branches' nodes
+        # are not touched, so no graph needs to be retained)
+        groups, slot = group[mine].unique(return_inverse=True)
         with torch.enable_grad():
-            scores = logits[b_of, ids.reshape(-1)[flat], a_of].sigmoid()  # (N,) = y[b, 4+c, a]
-        group = _groups(b_of.cpu(), lev_of.cpu(), cells.cpu(), radii).to(scores.device)
-        n_groups = int(group.max()) + 1
-        pick = torch.zeros(n_groups, len(flat), device=scores.device, dtype=scores.dtype)
-        pick[group, torch.arange(len(flat), device=scores.device)] = 1
-        inputs = [leaves[lev] for lev in range(len(names))]
-        grads = torch.autograd.grad(
-            scores, inputs, grad_outputs=pick, is_grads_batched=True, allow_unused=True
-        )
+            scores = logits[b_of[mine], ids.reshape(-1)[flat[mine]], a_of[mine]].sigmoid()
+            pick = torch.zeros(len(groups), len(mine), device=act.device, dtype=scores.dtype)
+            pick[slot, torch.arange(len(mine), device=act.device)] = 1
+            (g,) = torch.autograd.grad(scores, act, grad_outputs=pick, is_grads_batched=True)
         with torch.no_grad():
-            for lev, (act, g) in enumerate(zip(inputs, grads, strict=True)):
-                mine = (lev_of == lev).nonzero()[:, 0]
-                if g is None or not len(mine):
-                    continue
-                box_grad = g[group[mine], b_of[mine]]  # (n, C, h, w): the group's sum
-                if radii[lev] != float("inf"):  # keep each box's own window of the sum
-                    h, w = act.shape[2:]
-                    ii = torch.arange(h, device=act.device)[None, :, None]
-                    jj = torch.arange(w, device=act.device)[None, None, :]
-                    ci, cj = cells[mine, 0][:, None, None], cells[mine, 1][:, None, None]
-                    window = ((ii - ci).abs() <= radii[lev]) & ((jj - cj).abs() <= radii[lev])
-                    box_grad = box_grad * window[:, None].to(box_grad.dtype)
-                raw = info.fn(
-                    act.detach()[b_of[mine]].float(), box_grad.float(), **explainer._fn_options
-                )
-                raws[lev].view(-1, *raw.shape[1:])[flat[mine]] = raw
+            box_grad = g[slot, b_of[mine]]  # (n, C, h, w): the sum over each box's group
+            if radii[lev] != float("inf"):  # keep each box's own window of the sum
+                h, w = act.shape[2:]
+                ii = torch.arange(h, device=act.device)[None, :, None]
+                jj = torch.arange(w, device=act.device)[None, None, :]
+                ci, cj = cells[mine, 0][:, None, None], cells[mine, 1][:, None, None]
+                window = ((ii - ci).abs() <= radii[lev]) & ((jj - cj).abs() <= radii[lev])
+                box_grad = box_grad * window[:, None].to(box_grad.dtype)
+            raw = info.fn(
+                act.detach()[b_of[mine]].float(), box_grad.float(), **explainer._fn_options
+            )
+            raws[lev].view(-1, *raw.shape[1:])[flat[mine]] = raw
     size = tuple(images.shape[2:])
     maps = images.new_zeros(batch, t, *size)
     with torch.no_grad():
