@@ -129,10 +129,17 @@ def test_each_box_map_at_p3_equals_hand_reference(det_model: nn.Module, method: 
     assert bool((ex.extras["levels"][0, :n0] >= 0).all())
 
 
+@pytest.mark.parametrize("crops", [True, False])
 @pytest.mark.parametrize("method", ["gradcam", "layercam"])
-def test_each_box_at_its_own_scale_equals_hand_reference(det_model: nn.Module, method: str):
-    """layer=None: each box at the head input of the scale that produced it; the boxes share
-    gradients where their windows are disjoint, which must change nothing."""
+def test_each_box_at_its_own_scale_equals_hand_reference(
+    det_model: nn.Module, method: str, crops: bool, monkeypatch: pytest.MonkeyPatch
+):
+    """layer=None: each box at the head input of the scale that produced it, from the class
+    branch re-run on the box's window (crops) or from boxes sharing full backwards where their
+    windows are disjoint: neither may change anything."""
+    from camlens.detection import scales
+
+    monkeypatch.setattr(scales, "CROPS", crops)
     x = smooth_images(1, 192, 160, seed=6)
     x = torch.cat([x, x.flip(-2)])
     conf = threshold_for(det_model, x, 16)
@@ -261,9 +268,7 @@ def test_v5u_and_pose_models_explain_their_boxes(config: str) -> None:
     x = smooth_images(1, 64, 96, seed=8)
     y = _y(model, x)
     theirs = unms(y.clone(), 0.0, 0.7, max_det=3, nc=_head_nc(model))[0]
-    ex = camlens.explain(
-        model, x, "gradcam", target=T.detections(score_threshold=0.0, max_det=3)
-    )
+    ex = camlens.explain(model, x, "gradcam", target=T.detections(score_threshold=0.0, max_det=3))
     assert torch.equal(ex.extras["boxes"][0], theirs[:, :4])
     assert torch.equal(ex.targets[0], theirs[:, 5].long())
     assert ex.maps.shape == (1, 3, 64, 96) and bool((ex.maps.flatten(2).amax(2) > 0).all())

@@ -16,10 +16,13 @@ Cost. cv3_l is a stack of stride-1 convolutions of total radius r_l (2 cells in 
 YOLO11), so dS_k/dA_l is zero outside the (2 r_l + 1)^2 cells around the box's anchor. Boxes
 whose windows do not overlap (another image, another scale, or anchors more than 2 r_l cells
 apart) share one backward: their scores are summed, and each box's gradient is its own window
-of the sum, exactly. Boxes are put greedily into such groups, and the groups of each scale go
-through one batched backward (``is_grads_batched``) through that scale's class branch only, so
-explaining every box of an image costs about one forward plus a backward of one class branch
-per group, instead of a backward of the network above the layer per box. A head whose radius
+of the sum, exactly. Cheaper still, and what camlens does: S_k is recomputed by running cv3_l
+on the box's window of A_l alone (a (2 r + 1)^2 crop; a crop's edge never reaches the centre's
+score), so all boxes' gradients come from one small batched forward and backward per window
+shape, and the model's own forward runs entirely without a graph: explaining every box of an
+image costs about one forward. Heads whose radius is unknown take the grouped path: boxes are
+put greedily into groups of disjoint windows, and the groups of each scale go through one
+batched backward (``is_grads_batched``) through that scale's class branch only. A head whose radius
 cannot be read from its modules (anything but stride-1 convolutions and pointwise layers) gets
 one group per box.
 """
@@ -51,6 +54,12 @@ _POINTWISE = (
     nn.Sigmoid,
     nn.Dropout,
 )
+
+
+#: re-run the class branch on each box's window (exact, and about free); False: one batched
+#: backward through the full branch per group of boxes with disjoint windows (the path of
+#: heads whose radius is unknown; kept switchable so that tests pin both)
+CROPS = True
 
 
 def applies(explainer: Explainer, target: Any) -> bool:
@@ -110,16 +119,55 @@ def _groups(images: Tensor, levels: Tensor, cells: Tensor, radii: list[float]) -
     return group
 
 
+def _window_gradients(
+    branch: nn.Module, act: Tensor, images: Tensor, cells: Tensor, classes: Tensor, r: int
+) -> Tensor:
+    """dS_k/dA for boxes k whose score S_k = sigmoid(branch(A)[images_k, c_k, cell_k]) depends
+    on A only within radius r of the cell: the branch is re-run on each box's window of A
+    (clipped at the map's borders, where the branch's own zero padding applies as in the full
+    map), and the gradient placed back. A crop's edge only alters the branch's intermediate
+    values within r - (radius of the later layers) of that edge, never the centre's score, so
+    the gradient is exact. Windows of one geometry (clipping) go through one batched forward
+    and backward. act (B, C, h, w) -> (n, C, h, w)."""
+    n, (channels, h, w) = len(images), act.shape[1:]
+    out = act.new_zeros(n, channels, h, w)
+    ci, cj = cells[:, 0], cells[:, 1]
+    top, left = ci - (ci - r).clamp(min=0), cj - (cj - r).clamp(min=0)
+    bottom, right = (ci + r + 1).clamp(max=h) - ci, (cj + r + 1).clamp(max=w) - cj
+    shapes = torch.stack([top, bottom, left, right], dim=1)
+    for shape in shapes.unique(dim=0).tolist():
+        pick = (shapes == torch.tensor(shape, device=shapes.device)).all(dim=1).nonzero()[:, 0]
+        t, b, lft, rgt = shape
+        rows = (ci[pick] - t)[:, None] + torch.arange(t + b, device=act.device)  # (m, hh)
+        cols = (cj[pick] - lft)[:, None] + torch.arange(lft + rgt, device=act.device)  # (m, ww)
+        index = (images[pick][:, None, None], slice(None), rows[:, :, None], cols[:, None, :])
+        crop = act[index].permute(0, 3, 1, 2).detach().requires_grad_(True)  # (m, C, hh, ww)
+        with torch.enable_grad():
+            z = branch(crop)
+            score = z[torch.arange(len(pick), device=z.device), classes[pick], t, lft].sigmoid()
+            (g,) = torch.autograd.grad(score.sum(), crop)  # crops are independent: per box
+        out[(pick[:, None, None], slice(None), rows[:, :, None], cols[:, None, :])] = g.permute(
+            0, 2, 3, 1
+        )
+    return out
+
+
 def run(explainer: Explainer, images: Tensor, target: Detections) -> Explanation:
     """Explain every box of a YOLO detector at its own scale (see the module docstring)."""
     model, info = explainer.model, explainer.method
     head = yolo_head(model)
     names = [f"model.{i}" for i in head.f]
     leaves: list[Tensor] = []
+    radii = [radius(head.cv3[lev]) for lev in range(len(names))]
+    local_only = CROPS and all(r != float("inf") for r in radii)
 
     def pre_hook(_m: nn.Module, inputs: tuple) -> tuple:
-        # the head's inputs are the outputs of model.{f[l]}: each becomes a leaf, and autograd
-        # records only the head (the backbone and neck run under no_grad)
+        # the head's inputs are the outputs of model.{f[l]}. With local class branches the
+        # gradients come from crops afterwards and the whole forward runs without a graph; else
+        # each input becomes a leaf and autograd records the head alone
+        if local_only:
+            leaves[:] = [t.detach() for t in inputs[0]]
+            return inputs
         torch.set_grad_enabled(True)
         leaves[:] = [t.detach().requires_grad_(True) for t in inputs[0]]
         return ([t.clone() for t in leaves], *inputs[1:])
@@ -133,7 +181,7 @@ def run(explainer: Explainer, images: Tensor, target: Detections) -> Explanation
     if len(leaves) != len(names):
         raise LayerError(f"the YOLO head did not receive its inputs {names} as a list")
     batch = images.shape[0]
-    with torch.enable_grad():
+    with torch.set_grad_enabled(not local_only):
         sel = select_yolo(target, output, batch)
     _, _, sizes = predictions(output)
     logits = output[1]["scores"]  # (B, nc, A): sigmoid(logits) are the class scores in y
@@ -148,12 +196,28 @@ def run(explainer: Explainer, images: Tensor, target: Detections) -> Explanation
     local = a_of - starts[lev_of]
     w_of = torch.tensor(widths, device=anchors.device)[lev_of]
     cells = torch.stack([local // w_of, local % w_of], dim=1)
-    radii = [radius(head.cv3[lev]) for lev in range(len(names))]
     raws = [images.new_zeros(batch, t, *leaves[lev].shape[2:]) for lev in range(len(names))]
-    group = _groups(b_of.cpu(), lev_of.cpu(), cells.cpu(), radii).to(anchors.device)
+    group = (
+        None
+        if local_only
+        else _groups(b_of.cpu(), lev_of.cpu(), cells.cpu(), radii).to(b_of.device)
+    )
     for lev, act in enumerate(leaves):
         mine = (lev_of == lev).nonzero()[:, 0]
         if not len(mine):
+            continue
+        if local_only:
+            box_grad = _window_gradients(
+                head.cv3[lev],
+                act,
+                b_of[mine],
+                cells[mine],
+                ids.reshape(-1)[flat[mine]],
+                int(radii[lev]),
+            )
+            with torch.no_grad():
+                raw = info.fn(act[b_of[mine]].float(), box_grad.float(), **explainer._fn_options)
+                raws[lev].view(-1, *raw.shape[1:])[flat[mine]] = raw
             continue
         # one batched backward per scale, through that scale's class branch alone (autograd
         # runs only the nodes between these scores and this leaf; the other branches' nodes
