@@ -342,7 +342,7 @@ class Explainer:
                 "method (cam, scorecam, ablationcam, eigencam, reciprocam)"
             )
         try:
-            return self._explain(images, model_input, target)
+            ex = self._explain(images, model_input, target)
         except TypeError as exc:
             if not isinstance(model_input, (list, tuple)):
                 raise
@@ -351,6 +351,8 @@ class Explainer:
                 f"({str(exc).splitlines()[0]}); pass a (B, C, H, W) tensor (lists are for "
                 "torchvision detectors)"
             ) from exc
+        ex.images = images  # for ex.show() and notebooks (camlens.display): a reference
+        return ex
 
     def _explain(self, images: Tensor, model_input: Any, target: TargetSpec) -> Explanation:
         model, info = self.model, self.method
