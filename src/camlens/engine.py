@@ -252,7 +252,7 @@ class Explainer:
             image (SmoothGrad-style; 0 = off); ``smooth_std`` is the noise's standard deviation
             as a fraction of each image's value range (default 0.15).
         samples, smooth_std: also the number of copies and noise of ``smoothgradcampp``.
-        other options go to the method (e.g. ``gamma`` and ``base`` for Finer-CAM).
+        **options: the method's own options (e.g. ``gamma`` and ``base`` for Finer-CAM).
     """
 
     def __init__(
