@@ -113,7 +113,7 @@ def cli_reference() -> str:
 
 #: repository files that the included BENCHMARKS.md / CHANGELOG.md link to -> site pages.
 LINKS = {"README.md": "index.md", "BENCHMARKS.md": "benchmarks.md", "CHANGELOG.md": "changelog.md"}
-ANCHORS = {"README.md#camlens-evaluate": "metrics.md#camlens-evaluate"}
+ANCHORS = {"README.md#camlens-evaluate": "metrics.md#camlens-evaluate"}  # older links
 
 
 def included(name: str) -> str:
