@@ -74,7 +74,7 @@ class Explanation:
         ``max_items`` rows; ``depth`` picks a volume's slice (default the middle one).
         Notebooks show ``_repr_html_``, which is ``html()`` with these defaults.
         """
-        from camlens.display import to_html
+        from camlens.view import to_html
 
         return to_html(
             self,
@@ -96,6 +96,6 @@ class Explanation:
         method, class, score and layer as the overlay's title); same options. Returns the
         figure (``fig.savefig(path)`` saves it; in a script, ``matplotlib.pyplot.show()``
         opens it)."""
-        from camlens.display import figure
+        from camlens.view import figure
 
         return figure(self, **options)

@@ -14,9 +14,9 @@ from PIL import Image
 
 import camlens
 from camlens import targets as T
-from camlens.display import auto_preset, png_base64
 from camlens.errors import InputError
 from camlens.explanation import Explanation
+from camlens.view import auto_preset, png_base64
 from camlens.viz import colorize, overlays
 from tests.conftest import GapNet
 
