@@ -9,7 +9,8 @@ At every build:
 - ``reference/cli.md`` is written from the argument parser (``camlens.cli.build_parser``);
 - ``benchmarks.md`` and ``changelog.md`` are the repository's BENCHMARKS.md and CHANGELOG.md,
   their links to repository files pointed at the site's pages;
-- every ``docs/guides/*.md`` page is listed under "Model guides" in the navigation.
+- every ``docs/guides/*.md`` page is listed under "Model guides" in the navigation;
+- Sphinx roles left in docstrings (":func:`x`") are shown as the code they mark.
 
 Executed tutorials are cached in ``.cache/docs/`` under a hash of the script and of every file
 of ``src/camlens``: an unchanged tree is not executed twice (``CAMLENS_DOCS_FRESH=1`` ignores the
@@ -228,6 +229,15 @@ def render(nb: Any, stem: str) -> dict[str, Any]:
                 text.append(data["text/plain"] + "\n")
         _flush(text, lines)
     return {"md": "\n".join(lines), "files": files}
+
+
+#: Sphinx roles in docstrings (":func:`x`"), rendered by mkdocstrings as ":func:<code>x</code>".
+ROLE = re.compile(r":(?:func|class|mod|meth|attr|data|exc|obj):(?=<code>)")
+
+
+def on_page_content(html: str, page: Any, config: Any, files: Files) -> str:
+    """Drop the Sphinx role prefixes that docstrings carry, keeping the code they mark."""
+    return ROLE.sub("", html)
 
 
 def on_files(files: Files, config: Any) -> Files:

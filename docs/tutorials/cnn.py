@@ -32,7 +32,7 @@ methods = ["cam", "gradcam", "gradcampp", "layercam", "scorecam", "eigencam"]
 maps = {m: camlens.explain(model, images, m, "features", target=labels).maps for m in methods}
 print(torch.allclose(maps["cam"], maps["gradcam"], atol=1e-5))
 grid(images[:4], {m: v[:4] for m, v in maps.items()}, "cnn_grid.png", preset="none")
-from IPython.display import Image  # noqa: E402
+from IPython.display import Image
 
 Image("cnn_grid.png")
 

@@ -92,7 +92,7 @@ except camlens.batch.JobMismatchError as err:
 # ### With pandas
 
 # %%
-import numpy as np  # noqa: E402
+import numpy as np
 
 res = camlens.batch.read(out)
 df = res.to_pandas()
@@ -111,7 +111,7 @@ print("one raw map:", raw.shape, raw.dtype)
 # DuckDB queries the shards in place, without loading them (`pip install duckdb`):
 
 # %%
-import duckdb  # noqa: E402
+import duckdb
 
 print(duckdb.sql(f"""
     SELECT method, rank, count(*) AS n, round(avg(score), 3) AS mean_logit,

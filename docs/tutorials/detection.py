@@ -41,10 +41,10 @@ print("labels", ex.targets.tolist())
 # Drawn together:
 
 # %%
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.patches import Rectangle
 
-from camlens.viz import overlay  # noqa: E402
+from camlens.viz import overlay
 
 fig, axes = plt.subplots(1, 4, figsize=(10, 2.8))
 for t, ax in enumerate(axes):

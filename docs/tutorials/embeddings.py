@@ -3,8 +3,8 @@
 #
 # An embedding model has no classes. `camlens.targets.similarity(reference)` explains the cosine
 # similarity $S = \cos(f(x), r)$ between each image's embedding and a reference embedding: which
-# parts of the image make it look like the reference (pytorch-grad-cam's
-# `SimilarityToConceptTarget`, batched).
+# parts of the image make it look like the reference (the `SimilarityToConceptTarget` of
+# pytorch-grad-cam's embeddings tutorial, batched).
 #
 # The embedder here is the shipped shapes CNN without its classifier: the 96-dimensional pooled
 # features.

@@ -54,7 +54,7 @@ print("pixels predicted as the true class:",
 # %%
 ex = camlens.explain(seg, images, "gradcam", target=T.segmentation(labels.tolist()))
 print(ex.layers, tuple(ex.maps.shape))
-from IPython.display import HTML  # noqa: E402
+from IPython.display import HTML
 
 HTML(ex.html(classes=CLASSES))  # `ex` alone shows the same with class ids
 
@@ -72,7 +72,7 @@ fig = ex.show(classes=CLASSES, max_items=2)
 # never the head (random weights here: the shapes are the point):
 
 # %%
-import torchvision  # noqa: E402
+import torchvision
 
 torch.manual_seed(0)
 deeplab = torchvision.models.segmentation.deeplabv3_mobilenet_v3_large(

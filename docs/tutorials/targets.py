@@ -20,7 +20,7 @@ print(tuple(ex.maps.shape), ex.targets.tolist())
 print([[CLASSES[c] for c in row] for row in ex.targets.tolist()])
 
 # %%
-from IPython.display import HTML  # noqa: E402
+from IPython.display import HTML
 
 HTML(ex.html(classes=CLASSES, max_items=6))
 

@@ -46,8 +46,8 @@ for m, e in exs.items():
     print(f"{m:9s} layers {e.layers}  pointing {hits:.2f}")
 
 # %%
-from camlens.viz import grid  # noqa: E402
-from IPython.display import Image  # noqa: E402
+from camlens.viz import grid
+from IPython.display import Image
 
 grid(images[:4], {m: e.maps[:4] for m, e in exs.items()}, "vit.png", preset="none")
 Image("vit.png")

@@ -57,9 +57,9 @@ print("map energy per frame:", [round(float(ex.maps[0, d].mean()), 3) for d in r
 # The star's evidence is in the last three frames. Every frame's overlay:
 
 # %%
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from camlens.viz import overlays  # noqa: E402
+from camlens.viz import overlays
 
 pics = overlays(frames, ex.maps[0], preset="none")
 fig, axes = plt.subplots(1, 6, figsize=(12, 2.3))
@@ -73,7 +73,7 @@ fig.tight_layout()
 # In a notebook the explanation shows its middle slice (`ex.html(depth=d)` picks another):
 
 # %%
-from IPython.display import HTML  # noqa: E402
+from IPython.display import HTML
 
 HTML(ex.html(depth=4, classes=CLASSES))
 
@@ -83,7 +83,7 @@ HTML(ex.html(depth=4, classes=CLASSES))
 # `r3d_18`, `mc3_18`, `r2plus1d_18` and other 3-D CNNs work as they are (random weights here):
 
 # %%
-import torchvision  # noqa: E402
+import torchvision
 
 torch.manual_seed(0)
 r3d = torchvision.models.video.r3d_18(weights=None).eval()
