@@ -366,6 +366,8 @@ def _cmd_app(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``camlens`` argument parser, every subcommand included (the CLI reference is
+    generated from it)."""
     parser = _Parser(
         prog="camlens",
         description="Class activation maps: see what an image model looked at.",
@@ -567,6 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``camlens`` with ``argv`` (default: the command line); returns the exit code."""
     args = build_parser().parse_args(argv)
     if getattr(args, "topk", 1) < 1:
         _fail("--topk must be at least 1")

@@ -65,9 +65,9 @@ class Explanation:
         max_items: int = 8,
         depth: int | None = None,
     ) -> str:
-        """One self-contained HTML table (base64 PNGs): per image and target, the image, the
-        heatmap and the overlay ``(1 - alpha) * image + alpha * colormap(map)``, with the method,
-        layer(s), class and score.
+        r"""One self-contained HTML table (base64 PNGs): per image and target, the image, the
+        heatmap and the overlay $(1 - \alpha)\, x + \alpha \operatorname{colormap}(M)$ (``alpha``
+        $= \alpha$, image $x$, map $M$), with the method, layer(s), class and score.
 
         ``preset`` (or ``mean``/``std``) undoes the images' normalisation (None: "none" when
         every value lies in [0, 1], else "imagenet"); ``classes`` names the class ids; at most

@@ -176,6 +176,10 @@ def test_formulas_are_rendered(page: Any, tmp_path: Path) -> None:
     assert page.evaluate("() => document.fonts.check('16px KaTeX_Main')")
     page.locator(".katex-display").first.scroll_into_view_if_needed()
     _shot(page, "formulas", tmp_path)
+    # Formulas written in docstrings render on the API page too (mkdocstrings + the same KaTeX).
+    _open(page, "reference/api.html")
+    page.wait_for_function("() => document.querySelectorAll('.arithmatex .katex').length > 0")
+    assert page.locator(".arithmatex").count() == page.locator(".arithmatex .katex").count()
 
 
 def test_search_answers_offline(page: Any, tmp_path: Path) -> None:
