@@ -87,10 +87,11 @@ def on_config(config: Any) -> Any:
 
 def cli_reference() -> str:
     """The CLI reference: ``--help`` of ``camlens`` and of every subcommand, as the parser says."""
-    os.environ["COLUMNS"] = "100"
     from camlens.cli import build_parser
 
     parser = build_parser()
+    columns = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "82"  # argparse wraps to the width of the page's code blocks
     out = [
         "# CLI reference",
         "",
@@ -108,7 +109,13 @@ def cli_reference() -> str:
                 for sub_name, sub in choices.items():
                     walk(sub, f"{name} {sub_name}", min(depth + 1, 4))
 
-    walk(parser, "camlens", 2)
+    try:
+        walk(parser, "camlens", 2)
+    finally:
+        if columns is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = columns
     return "\n".join(out)
 
 
