@@ -10,6 +10,8 @@
 # features.
 
 # %%
+from collections import OrderedDict
+
 import torch
 from torch import nn
 
@@ -18,7 +20,9 @@ from camlens import targets as T
 from camlens.demo import CLASSES, load_model, shapes
 
 cnn = load_model()
-embedder = nn.Sequential(cnn.features, cnn.pool, nn.Flatten()).eval()
+embedder = nn.Sequential(
+    OrderedDict(features=cnn.features, pool=cnn.pool, flatten=nn.Flatten())
+).eval()
 images, labels, masks = shapes(12, seed=11, size=96)
 with torch.no_grad():
     emb = embedder(images)
@@ -33,16 +37,25 @@ star = CLASSES.index("star")
 ref_images, ref_labels, _ = shapes(60, seed=99, size=96)
 with torch.no_grad():
     reference = embedder(ref_images[ref_labels == star]).mean(0)
-ex = camlens.explain(embedder, images[:6], "gradcam", target=T.similarity(reference))
-print("layer", ex.layers, "| cosine similarity to 'star':",
-      [round(s, 2) for s in ex.scores.tolist()])
+from camlens import metrics as M
+
 print("classes:", [CLASSES[c] for c in labels[:6].tolist()])
+for method in ("gradcam", "layercam"):
+    ex = camlens.explain(embedder, images[:6], method, target=T.similarity(reference))
+    print(f"{method:8s} layer {ex.layers}  cosine similarity to 'star':",
+          [round(s, 2) for s in ex.scores.tolist()],
+          " map's maximum on the object:", M.pointing_game(ex.maps, masks[:6]).int().tolist())
 ex
 
 # %% [markdown]
-# The scores are the cosine similarities; `targets` are -1 (no class). The stars score highest,
-# and their maps sit on the star. A (B, D) reference explains each image against its own
-# reference, e.g. image retrieval pairs:
+# The scores are the cosine similarities (`targets` are -1: no class); the stars score highest.
+# Which method to read them with matters: Grad-CAM weights each channel by its mean gradient,
+# and the gradient of a cosine similarity has both signs, so its maps often leave the object
+# (as on the [ViT](vit.md)); LayerCAM keeps each position's positive evidence and lands on the
+# object far more often (the pointing-game line above). The maps shown are LayerCAM's.
+#
+# A (B, D) reference explains each image against its own reference, e.g. image retrieval
+# pairs:
 
 # %%
 ex = camlens.explain(embedder, images[:4], "layercam", target=T.similarity(emb[4:8]))

@@ -49,10 +49,14 @@ print("pixels predicted as the true class:",
 
 # %% [markdown]
 # Explain the true class of each image over its predicted pixels. The output is a dict with
-# `"out"` (torchvision's convention), which camlens reads; the automatic layer is `features`:
+# `"out"` (torchvision's convention), which camlens reads. The automatic layer of this model is
+# its last spatial layer, `classifier`: the 1 x 1 convolution whose maps are the class logits
+# themselves. `layer="features"` asks which features made them:
 
 # %%
-ex = camlens.explain(seg, images, "gradcam", target=T.segmentation(labels.tolist()))
+print("automatic layer:", camlens.explain(seg, images[:1], "gradcam",
+                                          target=T.segmentation(int(labels[0]))).layers)
+ex = camlens.explain(seg, images, "gradcam", "features", target=T.segmentation(labels.tolist()))
 print(ex.layers, tuple(ex.maps.shape))
 from IPython.display import HTML
 
@@ -62,7 +66,9 @@ HTML(ex.html(classes=CLASSES))  # `ex` alone shows the same with class ids
 # Over a region you choose, e.g. the ground-truth mask:
 
 # %%
-ex = camlens.explain(seg, images, "layercam", target=T.segmentation(labels.tolist(), masks))
+ex = camlens.explain(
+    seg, images, "layercam", "features", target=T.segmentation(labels.tolist(), masks)
+)
 fig = ex.show(classes=CLASSES, max_items=2)
 
 # %% [markdown]
