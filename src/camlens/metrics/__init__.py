@@ -9,6 +9,7 @@
   :func:`sanity_random_logit`, with :func:`spearman` and :func:`ssim`.
 """
 
+from camlens.metrics.complexity import complexity, sparseness
 from camlens.metrics.faithfulness import (
     Confidence,
     Curve,
@@ -49,6 +50,7 @@ __all__ = [
     "black",
     "box_localisation",
     "boxes_to_masks",
+    "complexity",
     "component_boxes",
     "connected_components",
     "deletion",
@@ -65,6 +67,7 @@ __all__ = [
     "road",
     "sanity_random_logit",
     "sanity_randomization",
+    "sparseness",
     "spearman",
     "ssim",
     "win_rate",
