@@ -9,6 +9,7 @@
   :func:`sanity_random_logit`, with :func:`spearman` and :func:`ssim`.
 """
 
+from camlens.metrics.adcc import Adcc, adcc, adcc_parts, coherency
 from camlens.metrics.complexity import complexity, sparseness
 from camlens.metrics.faithfulness import (
     Confidence,
@@ -42,14 +43,18 @@ from camlens.metrics.sanity import (
 from camlens.metrics.similarity import spearman, ssim
 
 __all__ = [
+    "Adcc",
     "Confidence",
     "Curve",
     "Road",
     "Sanity",
+    "adcc",
+    "adcc_parts",
     "average_drop",
     "black",
     "box_localisation",
     "boxes_to_masks",
+    "coherency",
     "complexity",
     "component_boxes",
     "connected_components",
