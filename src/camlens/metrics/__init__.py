@@ -34,6 +34,7 @@ from camlens.metrics.localisation import (
 )
 from camlens.metrics.perturbation import black
 from camlens.metrics.remove_debias import Road, noisy_linear_impute, road
+from camlens.metrics.robustness import max_sensitivity
 from camlens.metrics.sanity import (
     Sanity,
     randomization_units,
@@ -66,6 +67,7 @@ __all__ = [
     "iou",
     "largest_component_box",
     "masked_confidence",
+    "max_sensitivity",
     "noisy_linear_impute",
     "pointing_game",
     "randomization_units",
