@@ -1,4 +1,4 @@
-"""Measuring explanations: localisation, faithfulness and sanity.
+"""Measuring explanations: localisation, faithfulness, sanity, complexity and robustness.
 
 - Localisation against masks or boxes: :func:`pointing_game`, :func:`energy_pointing_game`,
   :func:`iou`, :func:`box_localisation`.
@@ -7,6 +7,10 @@
   :func:`road`.
 - Sanity (Adebayo et al. 2018, on a copy of the model): :func:`sanity_randomization`,
   :func:`sanity_random_logit`, with :func:`spearman` and :func:`ssim`.
+- Complexity of the maps alone: :func:`complexity` (entropy, Bhatt et al. 2020),
+  :func:`sparseness` (Gini index, Chalasani et al. 2020).
+- ADCC (Poppi et al. 2021): :func:`coherency`, :func:`adcc`, :func:`adcc_parts`.
+- Robustness: :func:`max_sensitivity` (Yeh et al. 2019).
 """
 
 from camlens.metrics.adcc import Adcc, adcc, adcc_parts, coherency
