@@ -151,3 +151,14 @@ def test_bad_arguments() -> None:
         nmf(-torch.rand(4, 4), 2)
     with pytest.raises(InputError, match="init"):
         nmf(torch.rand(4, 4), 2, init="svd")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_the_models_device() -> None:
+    torch.manual_seed(0)
+    model = GapNet(channels=10).eval().cuda()
+    x = torch.randn(3, 3, 24, 24, device="cuda")
+    out = factorize(model, x, 3, "features")
+    cpu = factorize(model.cpu(), x.cpu(), 3, "features")
+    assert out.maps.device.type == "cuda" and out.labels is not None
+    torch.testing.assert_close(out.concepts.cpu(), cpu.concepts, atol=1e-3, rtol=1e-3)

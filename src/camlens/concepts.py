@@ -32,6 +32,26 @@ from camlens.maps import upsample
 _EPS = float(torch.finfo(torch.float32).eps)
 
 
+def _leading_svd(v: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The k leading singular triplets of V (n, m) from the eigenvectors of its smaller Gram
+    matrix, V^T V (m, m) or V V^T (n, n), in float64: min(n, m)^3 work instead of a full SVD's
+    n m min(n, m) (a ResNet-50 layer4 over 8 images: 392 x 2048)."""
+    x = v.double()
+    tall = x.shape[0] >= x.shape[1]
+    evals, evecs = torch.linalg.eigh(x.T @ x if tall else x @ x.T)
+    order = evals.flip(0)[:k].clamp_min(0)
+    vecs = evecs.flip(1)[:, :k]
+    s = order.sqrt()
+    inv = torch.where(s > 0, 1 / s.clamp_min(1e-300), 0.0)
+    if tall:
+        vt = vecs.T
+        u = (x @ vecs) * inv
+    else:
+        u = vecs
+        vt = (vecs.T @ x) * inv[:, None]
+    return u.to(v.dtype), s.to(v.dtype), vt.to(v.dtype)
+
+
 def _nndsvda(v: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """NNDSVD (Boutsidis & Gallopoulos, Pattern Recognition 2008) with zeros filled by mean(V).
 
@@ -40,8 +60,7 @@ def _nndsvda(v: Tensor, k: int) -> tuple[Tensor, Tensor]:
     triplet is non-negative up to sign, taken in absolute value), and scale it by
     sqrt(s_j * that product). All triplets at once, no loop.
     """
-    u, s, vt = torch.linalg.svd(v, full_matrices=False)
-    u, s, vt = u[:, :k], s[:k], vt[:k]
+    u, s, vt = _leading_svd(v, k)
     up, un = u.clamp_min(0), (-u).clamp_min(0)
     vp, vn = vt.clamp_min(0), (-vt).clamp_min(0)
     mp = up.norm(dim=0) * vp.norm(dim=1)

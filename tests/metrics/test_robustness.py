@@ -113,3 +113,11 @@ def test_bad_arguments(gapnet, images) -> None:
         max_sensitivity(gapnet, images, maps, "gradcam", samples=0)
     with pytest.raises(camlens.MethodNotFoundError):
         max_sensitivity(gapnet, images, maps, "nosuchcam")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_the_models_device(gapnet, images) -> None:
+    model, x = gapnet.cuda(), images.cuda()
+    maps = camlens.explain(model, x, "gradcam", "features.3").maps
+    out = max_sensitivity(model, x, maps, "gradcam", layer="features.3", samples=3)
+    assert out.device.type == "cuda" and out.shape == (4,)
