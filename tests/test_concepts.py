@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -53,6 +54,23 @@ def test_nmf_matches_scikit_learn_on_reconstruction_error() -> None:
         # the same init and updates as scikit-learn's: the same error, not only as good
         assert ours == pytest.approx(errors["nndsvda"], rel=1e-3), k
         assert bool((w >= 0).all()) and bool((h >= 0).all())
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_no_worse_than_pytorch_grad_cams_dff() -> None:
+    peer = pytest.importorskip("pytorch_grad_cam.feature_factorization.deep_feature_factorization")
+    torch.manual_seed(0)
+    model = GapNet(channels=12).eval()
+    x = torch.randn(4, 3, 20, 20)
+    with torch.no_grad():
+        acts = model.features(x).numpy()
+    v = acts.transpose(1, 0, 2, 3).reshape(12, -1)  # the peer factorises (C, positions)
+    assert (v.min(axis=1) == 0).all()  # ReLU'd: the peer's offset is 0, the same matrix
+    for k in (3, 5):
+        concepts, raw = peer.dff(acts.copy(), k)
+        theirs = np.linalg.norm(v - concepts @ raw.transpose(1, 0, 2, 3).reshape(k, -1))
+        ours = factorize(model, x, k, "features").error * np.linalg.norm(v)
+        assert ours <= theirs * 1.05, k
 
 
 def test_nmf_is_seeded_and_descends() -> None:

@@ -52,7 +52,8 @@ def test_a_failing_method_is_recorded_and_the_rest_still_run(tmp_path) -> None:
     model = torchvision.models.vgg11(weights=None).eval()
     data = EvalData(torch.randn(2, 3, 64, 64), None, None, None, "random")
     results = evaluate(model, data, ["cam", "gradcam"], "features.18", steps=2,
-                       road_percentages=(50,), sanity_images=2, out=tmp_path)  # fmt: skip
+                       road_percentages=(50,), sanity_images=2, sensitivity_samples=2,
+                       out=tmp_path)  # fmt: skip
     assert "cam" in results["errors"] and "gradcam" in results["methods"]
     assert "pointing_game" not in results["methods"]["gradcam"]  # no masks: no localisation
     assert "failed" in markdown_table(results)
