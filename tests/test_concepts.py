@@ -159,10 +159,11 @@ def test_picture(tmp_path) -> None:
 
 
 def test_bad_arguments() -> None:
-    model = GapNet(channels=10).eval()
+    model = GapNet(channels=10).train()
     x = torch.randn(2, 3, 16, 16)
     with pytest.raises(InputError, match="k must be"):
         factorize(model, x, 11, "features")
+    assert model.training and hook_count(model) == 0  # given back as it came, also on errors
     with pytest.raises(InputError, match="one layer"):
         factorize(model, x, 2, ["features.1", "features.3"])
     with pytest.raises(InputError, match="non-negative"):
