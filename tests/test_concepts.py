@@ -145,15 +145,23 @@ def test_picture(tmp_path) -> None:
     pics = concept_overlays(x, out.maps, preset="none")
     assert pics.shape == (2, 24, 24, 3) and pics.dtype == torch.uint8
     # alpha 0 leaves the image; full alpha on a pixel with weight 1 paints the concept's colour
-    plain = concept_overlays(x, out.maps, alpha=0.0, preset="none")
+    plain = concept_overlays(x, out.maps, alpha=0.0, preset="none", grey=False)
     assert torch.equal(plain, (x.permute(0, 2, 3, 1) * 255).round().to(torch.uint8))
-    maps = torch.zeros(1, 3, 2, 2)
-    maps[0, 2, 0, 0] = 1.0
-    one = concept_overlays(torch.zeros(1, 3, 2, 2), maps, alpha=1.0, preset="none")
+    grey = concept_overlays(x, out.maps, alpha=0.0, preset="none")
+    luma = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
+    assert torch.equal(grey[..., 1], (luma * 255).round().to(torch.uint8))
+    # each pixel: its strongest concept's colour, by that concept's weight over the image's top
     from camlens.viz import colormap_lut
 
-    assert one[0, 0, 0].tolist() == (colormap_lut("tab10")[2] * 255).round().int().tolist()
+    colours = (colormap_lut("tab10") * 255).round().int()
+    maps = torch.zeros(1, 3, 2, 2)
+    maps[0, 2, 0, 0], maps[0, 0, 0, 0], maps[0, 1, 1, 0] = 0.5, 0.2, 0.25
+    one = concept_overlays(torch.zeros(1, 3, 2, 2), maps, alpha=1.0, preset="none")
+    assert one[0, 0, 0].tolist() == colours[2].tolist()  # 0.5 / 0.5: full colour
+    assert one[0, 1, 0].tolist() == (colours[1] * 0.5).round().int().tolist()  # 0.25 / 0.5
     assert one[0, 1, 1].tolist() == [0, 0, 0]
+    batch_scale = concept_overlays(torch.zeros(1, 3, 2, 2), maps, 1.0, "none", per_image=False)
+    assert batch_scale[0, 0, 0].tolist() == (colours[2] * 0.5).round().int().tolist()
     path = save_concepts(x, out, tmp_path / "c.png", names=["a", "b", "c", "d", "e"], preset="none")
     assert path.is_file() and path.stat().st_size > 1000
 

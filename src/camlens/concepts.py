@@ -246,14 +246,20 @@ def concept_overlays(
     preset: str = "imagenet",
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    per_image: bool = True,
+    grey: bool = True,
 ) -> Tensor:
     """One colour per concept over each image, batched in torch: (B, H, W, 3) uint8.
 
     Each pixel takes the colour of its strongest concept c* = argmax_c maps[c] (matplotlib's
     ``tab10``, ``tab20`` beyond 10 concepts), blended by that concept's weight:
-    (1 - alpha m) * image + alpha m * colour, m = maps[c*]. ``images``: (B, C, H, W) as the
-    model takes them (de-normalised with ``preset`` or ``mean``/``std``, as in
-    :func:`camlens.viz.overlays`); ``maps``: :attr:`Concepts.maps` (B, k, H, W) in [0, 1].
+    (1 - alpha m) * image + alpha m * colour, m = maps[c*], divided by the image's largest
+    value over all its concepts with ``per_image`` (so that every image shows its parts; False
+    keeps the batch-wide scale of :attr:`Concepts.maps`, where weak images stay faint). With
+    ``grey`` the image is shown in grey levels (its luma) under the colours.
+    ``images``: (B, C, H, W) as the model takes them (de-normalised with ``preset`` or
+    ``mean``/``std``, as in :func:`camlens.viz.overlays`); ``maps``: :attr:`Concepts.maps`
+    (B, k, H, W) in [0, 1].
     """
     from camlens.viz import _stats, colormap_lut
 
@@ -270,11 +276,17 @@ def concept_overlays(
     mean_t = torch.as_tensor(m, dtype=torch.float32, device=img.device)[:ch].view(1, -1, 1, 1)
     std_t = torch.as_tensor(s, dtype=torch.float32, device=img.device)[:ch].view(1, -1, 1, 1)
     rgb = (img * std_t + mean_t).clamp(0, 1).expand(-1, 3, -1, -1).permute(0, 2, 3, 1)
+    if grey:  # ITU-R BT.601 luma, so that the concepts' colours stand out
+        luma = torch.tensor([0.299, 0.587, 0.114], device=img.device)
+        rgb = (rgb * luma).sum(dim=-1, keepdim=True).expand_as(rgb)
     heat = maps.detach().float().to(img.device)
     if tuple(heat.shape[2:]) != tuple(rgb.shape[1:3]):
         b, k = heat.shape[:2]
         heat = upsample(heat.flatten(0, 1), tuple(rgb.shape[1:3])).view(b, k, *rgb.shape[1:3])
     strength, which = heat.clamp(0, 1).max(dim=1)  # (B, H, W)
+    if per_image:
+        top = strength.flatten(1).amax(dim=1).view(-1, 1, 1)
+        strength = torch.where(top > 0, strength / top.clamp_min(_EPS), 0.0)
     palette = colormap_lut("tab10" if maps.shape[1] <= 10 else "tab20", img.device)
     colour = palette[which % len(palette)]
     a = (alpha * strength)[..., None]
@@ -290,6 +302,7 @@ def save_concepts(
     preset: str = "imagenet",
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    per_image: bool = True,
 ) -> Path:
     """Save the picture: each image with its concept overlay, and a legend naming each concept
     by its top classes (``names``: class id -> name; the ids themselves otherwise)."""
@@ -301,7 +314,8 @@ def save_concepts(
 
     from camlens.viz import colormap_lut
 
-    pics = concept_overlays(images, result.maps, alpha, preset, mean, std).cpu().numpy()
+    pics = concept_overlays(images, result.maps, alpha, preset, mean, std, per_image).cpu()
+    pics = pics.numpy()
     k = result.concepts.shape[0]
     palette = colormap_lut("tab10" if k <= 10 else "tab20").numpy()
     handles = []
@@ -314,17 +328,17 @@ def save_concepts(
     n = len(pics)
     cols = min(n, 6)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(
-        rows, cols, figsize=(2.2 * cols, 2.2 * rows + 0.4 + 0.25 * k), squeeze=False
-    )
+    legend_rows = -(-k // 3)
+    legend_h = 0.3 * legend_rows + 0.2
+    height = 2.2 * rows + legend_h
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, height), squeeze=False)
     for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
         ax.axis("off")
     for i, pic in enumerate(pics):
         axes.flat[i].imshow(pic)
     fig.legend(handles=handles, loc="lower center", ncol=min(k, 3), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, min(0.5, 0.06 + 0.3 * k / (rows * 2.2 + 0.4 + 0.25 * k)), 1, 1))
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.99, bottom=legend_h / height, wspace=0.04,
+                        hspace=0.04)  # fmt: skip
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
