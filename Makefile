@@ -16,8 +16,8 @@ demo: $(STAMP)          ## the main job: explain the built-in benchmark, write g
 	$(VENV)/bin/camlens demo --out out/demo
 
 test: $(STAMP)          ## the whole test suite, lint included
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks tools
+	$(VENV)/bin/ruff format --check src tests benchmarks tools
 	$(PY) -m pytest -q
 
 docs: $(STAMP)          ## the documentation site -> site/ (strict, offline; tutorials executed)
@@ -27,11 +27,11 @@ docs-test: docs         ## open the built site in headless Chromium (home, tutor
 	$(PY) -m pytest -q tests/docs
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks tools
 
 format: $(STAMP)
-	$(VENV)/bin/ruff format src tests benchmarks
-	$(VENV)/bin/ruff check --fix src tests benchmarks
+	$(VENV)/bin/ruff format src tests benchmarks tools
+	$(VENV)/bin/ruff check --fix src tests benchmarks tools
 
 bench: $(STAMP)         ## side-by-side speed and memory against the peer libraries
 	$(PY) benchmarks/bench_gradient.py --write BENCHMARKS.md
