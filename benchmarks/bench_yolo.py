@@ -10,7 +10,8 @@ set half-way between the scores of the boxes'th and the next candidate). Contend
 forward; camlens Grad-CAM of every box with ``layer=None`` (each box at its own scale, its
 gradient from the class branch re-run on the box's 5 x 5 window; "backward rows" is what the
 grouped fallback path would need); of the top box alone; and with ``--p3`` every box at the
-single P3 layer (one backward of the network above P3 per box, for comparison). CPU runs use 2 threads. Needs ``pip install camlens[yolo]``.
+single P3 layer (one backward of the network above P3 per box, for comparison). CPU runs use 2
+threads. Needs ``pip install camlens[yolo]``.
 """
 
 from __future__ import annotations
