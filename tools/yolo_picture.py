@@ -1,7 +1,7 @@
-"""Draw docs/yolo_boxes.jpg: a YOLOv8n (built offline from its yaml, random weights) explained
-box by box with Grad-CAM, each box at its own scale.
+"""Draw docs/guides/yolo_boxes.jpg, the YOLO guide's picture: a YOLOv8n (built offline from its
+yaml, random weights) explained box by box with Grad-CAM, each box at its own scale.
 
-    PYTHONPATH=src python docs/guides/yolo_picture.py
+    PYTHONPATH=src python tools/yolo_picture.py
 
 The image is a 2 x 2 mosaic of the shapes benchmark (camlens.demo.shapes). The weights are
 random (no download, ever), scaled so that boxes and scores vary, as in the tests and the
@@ -26,7 +26,7 @@ from camlens.demo import shapes
 from camlens.detection.yolo import load_model
 from camlens.viz import overlay
 
-OUT = Path(__file__).resolve().parents[1] / "yolo_boxes.jpg"
+OUT = Path(__file__).resolve().parents[1] / "docs" / "guides" / "yolo_boxes.jpg"
 SCALES = ("P3", "P4", "P5")
 
 
