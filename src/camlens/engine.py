@@ -94,6 +94,7 @@ class Explainer:
         self._layers: list[tuple[str, nn.Module]] | None = (
             None if layer is None else resolve_layers(model, layer)
         )
+        self._auto_layer = layer is None  # YOLO detections then go per scale (detection.scales)
         if layout is not None and not callable(layout) and layout not in ("nchw", "nhwc", "tokens"):
             raise InputError(
                 f"layout must be None, 'nchw', 'nhwc', 'tokens' or a callable, got {layout!r}"

@@ -53,7 +53,7 @@ class Explanation:
     method: str
     logits: Tensor | None = field(default=None, repr=False)
     extras: dict[str, Tensor] = field(default_factory=dict, repr=False)
-    images: Tensor | None = field(default=None, repr=False)
+    images: Tensor | list[Tensor] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.maps)

@@ -84,21 +84,26 @@ def items(
     if max_items < 1:
         raise InputError(f"max_items must be >= 1, got {max_items}")
     T = _targets_per_image(ex)
-    B = int(ex.maps.shape[0])
+    B = len(ex.maps)  # a tensor, or a list of per-image maps (detectors, mixed sizes)
     pairs = [(b, t) for b in range(B) for t in (range(T) if T is not None else [None])]
     total, pairs = len(pairs), pairs[:max_items]
-    volume = ex.maps.ndim - 1 - (0 if T is None else 1) == 3
+    volume = ex.maps[0].ndim - (0 if T is None else 1) == 3
     images = ex.images
-    if images is not None and volume and images.ndim == 5:
+    if isinstance(images, (list, tuple)):  # images of different sizes: one picture each
+        if not all(i.ndim == 3 and i.shape[0] in (1, 3) for i in images):
+            images = None
+        elif preset is None and mean is None and std is None:
+            preset = auto_preset(torch.cat([i.flatten() for i in images]))
+    elif images is not None and volume and images.ndim == 5:
         images = images[:, :, _slice(torch.arange(images.shape[2]), depth)]
-    if images is not None and (images.ndim != 4 or images.shape[1] not in (1, 3)):
+    if isinstance(images, Tensor) and (images.ndim != 4 or images.shape[1] not in (1, 3)):
         images = None  # not a picture (e.g. a 2-channel input): show the maps alone
-    if images is not None and preset is None and mean is None and std is None:
+    if isinstance(images, Tensor) and preset is None and mean is None and std is None:
         preset = auto_preset(images)
     preset = preset or "imagenet"
     out = []
     for b, t in pairs:
-        heat = ex.maps[b] if t is None else ex.maps[b, t]
+        heat = ex.maps[b] if t is None else ex.maps[b][t]
         heat = _slice(heat, depth) if volume else heat
         heat = heat.detach().float().cpu()
         image = ov = None

@@ -47,6 +47,8 @@ def test_torchvision_detector_mixed_sizes_exact_per_image() -> None:
     _check_each_alone(ex, alone)
     assert ex.maps[1].shape[1:] == (48, 80)
     assert hook_count(model) == 0
+    page = ex.html(max_items=4)  # the notebook view shows each image at its own size
+    assert page.count("<img") >= 4 and [im.shape for im in ex.images] == [im.shape for im in images]
 
 
 def test_torchvision_given_boxes_follow_their_image() -> None:

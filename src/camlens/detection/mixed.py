@@ -74,7 +74,9 @@ def explain_list(explainer: Explainer, images: Sequence[Tensor], target: Any) ->
         runs.append((idx, explainer(given, _subset(target, idx, batch))))
     if len(runs) == 1:
         return runs[0][1]
-    return _assemble(runs, batch)
+    ex = _assemble(runs, batch)
+    ex.images = list(images)  # one (C, H_i, W_i) picture per map, for ex.show() / ex.html()
+    return ex
 
 
 def _subset(target: Any, idx: list[int], batch: int) -> Any:

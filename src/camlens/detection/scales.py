@@ -67,7 +67,7 @@ def applies(explainer: Explainer, target: Any) -> bool:
     detections target and a plain gradient method (no ``smooth``, no ``exact``)."""
     info = explainer.method
     return (
-        explainer._layers is None
+        explainer._auto_layer
         and isinstance(target, Detections)
         and info.inputs == "grads"
         and not explainer.smooth
