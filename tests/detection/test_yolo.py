@@ -272,3 +272,13 @@ def test_v5u_and_pose_models_explain_their_boxes(config: str) -> None:
     assert torch.equal(ex.extras["boxes"][0], theirs[:, :4])
     assert torch.equal(ex.targets[0], theirs[:, 5].long())
     assert ex.maps.shape == (1, 3, 64, 96) and bool((ex.maps.flatten(2).amax(2) > 0).all())
+
+
+def test_a_reused_explainer_keeps_the_per_scale_layers() -> None:
+    model = yolo("yolov8n.yaml")
+    explainer = camlens.Explainer(model, "gradcam")
+    x = smooth_images(1, 64, 64)
+    first = explainer(x, lambda out: out[0][:, 4:].amax(dim=(1, 2)))  # a callable target
+    assert first.layers == [default_layer(model)]  # the ordinary path: the P3 neck output
+    again = explainer(x, T.detections(score_threshold=0.0, max_det=2))
+    assert again.layers == [f"model.{i}" for i in model.model[-1].f]
