@@ -131,7 +131,8 @@ def non_max_suppression(
     multi_label: bool = False,
     agnostic: bool = False,
 ) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
-    """Ultralytics' NMS (``ultralytics.utils.nms.non_max_suppression``), step for step, keeping
+    """The steps of Ultralytics' NMS (``ultralytics.utils.nms.non_max_suppression``), written anew
+    with ``torchvision.ops.nms`` (Ultralytics is AGPL-3.0: nothing of it is vendored), keeping
     the anchor of each box: per image (anchors (N,), classes (N,), boxes xyxy (N, 4), scores
     (N,)) in descending score.
 
