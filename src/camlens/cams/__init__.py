@@ -21,6 +21,7 @@ from camlens.cams.gradient import (
 )
 from camlens.cams.kpca import kpcacam
 from camlens.cams.model_based import fullgrad, guided_gradcam
+from camlens.cams.occlusion import occlusion, rise
 from camlens.cams.score import iscam, scorecam, sscam
 
 __all__ = [
@@ -41,8 +42,10 @@ __all__ = [
     "iscam",
     "kpcacam",
     "layercam",
+    "occlusion",
     "randomcam",
     "reciprocam",
+    "rise",
     "rollout",
     "scorecam",
     "segeigencam",
