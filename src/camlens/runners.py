@@ -112,12 +112,16 @@ def run_model_level(
         images=images,
         target=target,
         score=lambda out: _pair(ex._select(target, out, batch, 0)),
-        layers=ex._layers,
+        layers=ex._layers or [],
         explain=lambda method, layers: type(ex)(
             ex.model, method, [m for _, m in layers], layout=ex.layout_spec
         )(model_input, target),
         to_grid=None if tokens is None else tokens.tokens_to_grid,
         num_prefix=0 if tokens is None else tokens.prefix,
+        select=lambda out, copies: _pair(ex._select(target, out, batch, copies)),
+        batch_size=ex.batch_size,
+        progress=ex.progress,
+        seed=ex.seed,
     )
     result = ex.method.fn(call, **ex._fn_options)
     if result.maps is not None:

@@ -84,3 +84,16 @@ def test_randomcam_weights_are_uniform_in_minus_one_one_from_the_seed() -> None:
     big = randomcam(torch.eye(64).view(1, 64, 8, 8).repeat(50, 1, 1, 1), seed=0)
     assert big.min() < -0.95 and big.max() > 0.95 and big.abs().max() <= 1.0
     assert abs(float(big.mean())) < 0.05  # centred on 0: both signs
+
+
+def test_randomcam_through_explain_draws_from_the_explainer_seed() -> None:
+    torch.manual_seed(3)
+    model = GapNet(channels=6, classes=3).eval()
+    x = torch.randn(2, 3, 16, 16)
+    acts = capture(model, model.features, x)
+    ex = camlens.explain(model, x, "randomcam", layer="features", seed=4)
+    assert torch.allclose(ex.raw["features"], randomcam(acts, seed=4))
+    assert not torch.allclose(
+        camlens.explain(model, x, "randomcam", layer="features", seed=5).raw["features"],
+        ex.raw["features"],
+    )
