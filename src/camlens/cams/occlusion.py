@@ -23,6 +23,7 @@ from torch import Tensor
 
 from camlens.cams.model_based import ModelCall, ModelResult
 from camlens.errors import InputError
+from camlens.layouts import primary_output
 from camlens.maps import to_heatmap
 from camlens.probe import Probe
 from camlens.registry import register
@@ -52,7 +53,8 @@ def perturbed_scores(
     images, model = call.images, call.model
     batch = images.shape[0]
     with torch.no_grad():
-        explained, ids = call.score(model(images))
+        output = model(images)
+        explained, ids = call.score(output)
     explained = explained.detach()
     per = tuple(ids.shape[1:])
     if isinstance(as_target(call.target), (Top, _Classes)):
@@ -67,8 +69,10 @@ def perturbed_scores(
             call.seed,
             desc=desc,
         )
-        rows = torch.arange(batch, device=images.device)
-        clean = probe.scores(batch, lambda s, e: (images[s:e], rows[s:e]), softmax=softmax)
+        logits = primary_output(output).detach().float()  # class targets: (B, classes)
+        logits = logits.softmax(dim=1) if softmax else logits
+        clean = logits.gather(1, ids if ids.ndim == 2 else ids[:, None])
+        clean = clean if ids.ndim == 2 else clean[:, 0]
 
         def build(start: int, stop: int) -> tuple[Tensor, Tensor]:
             idx = torch.arange(start, stop, device=images.device)
