@@ -63,7 +63,8 @@ class Explainer:
             slicing).
         batch_size: images (or activations) per forward pass for methods that re-run the model.
         progress: show a tqdm progress bar for those passes (off by default).
-        seed: seeds the noise of SS-CAM, Smooth Grad-CAM++ and ``smooth``.
+        seed: seeds the noise of SS-CAM, Smooth Grad-CAM++ and ``smooth``, Random-CAM's weights
+            and RISE's masks.
         smooth: for gradient methods, average the raw maps over this many noisy copies of each
             image (SmoothGrad-style; 0 = off); ``smooth_std`` is the noise's standard deviation
             as a fraction of each image's value range (default 0.15).
