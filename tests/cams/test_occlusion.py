@@ -175,3 +175,24 @@ def test_rise_scores_and_several_targets(setup) -> None:
         camlens.explain(model, x, "rise", p=0.0)
     with pytest.raises(InputError, match="images"):
         camlens.explain(model, torch.randn(1, 3, 2, 8, 8), "rise")
+
+
+def test_occlusion_of_a_segmentation_target_keeps_the_clean_mask() -> None:
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 3, 1)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    target = camlens.targets.segmentation(1)
+    ex = camlens.explain(model, x, "occlusion", target=target, window=4, stride=4, batch_size=4)
+    with torch.no_grad():
+        out = model(x)
+        mask = (out.argmax(dim=1) == 1).float()  # decided on the clean images, then kept
+        score = (out[:, 1] * mask).sum(dim=(1, 2))
+        ref = torch.zeros(2, 8, 8)
+        for i in range(0, 8, 4):
+            for j in range(0, 8, 4):
+                occluded = x.clone()
+                occluded[:, :, i : i + 4, j : j + 4] = 0
+                drop = score - (model(occluded)[:, 1] * mask).sum(dim=(1, 2))
+                ref[:, i : i + 4, j : j + 4] = drop[:, None, None]
+    assert torch.allclose(ex.raw["input"], ref, atol=1e-5)
+    assert torch.allclose(ex.scores, score, atol=1e-5)
