@@ -157,3 +157,22 @@ def test_channels_last_layer(method: str) -> None:
             w[:, k] = (y - _hooked(model, model.norm, x, zero)[b_idx, target]) / y
         ref = torch.einsum("bk,bijk->bij", w, acts)
     assert torch.allclose(ex.raw["norm"], ref, atol=1e-5, rtol=1e-4)
+
+
+def test_timm_vit_with_register_tokens_keeps_all_prefix_tokens() -> None:
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(1)
+    model = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=32,
+        patch_size=8,
+        depth=2,
+        num_classes=5,
+        reg_tokens=2,
+    ).eval()
+    x = torch.randn(2, 3, 32, 32)
+    target = torch.tensor([0, 3])
+    ex = camlens.explain(model, x, "reciprocam", layer="blocks.1.norm1", target=target)
+    ref = _reference_tokens(model, model.blocks[1].norm1, x, target, 3, (4, 4), "reciprocam")
+    assert torch.allclose(ex.raw["blocks.1.norm1"], ref, atol=1e-5, rtol=1e-4)
