@@ -22,7 +22,13 @@ MODELS = [
 HAS_GAP_LINEAR_HEAD = {"resnet18", "resnet50", "efficientnet_b0"}
 # One forward per channel (x samples): run on every model at a cost the suite can afford, i.e.
 # with the fewest samples; the channel-heavy models get them on the cheap ones below.
-RERUN_INPUT = {"scorecam": {}, "sscam": {"samples": 1}, "iscam": {"steps": 1}}
+RERUN_INPUT = {
+    "scorecam": {},
+    "sscam": {"samples": 1},
+    "iscam": {"steps": 1},
+    "occlusion": {"window": 32, "stride": 32},  # black boxes: forwards per window / mask
+    "rise": {"n": 8},
+}
 CHEAP = {"resnet18", "mobilenet_v3_small"}
 ATTENTION_ONLY = {"gae", "rollout"}  # methods for vision transformers
 

@@ -85,6 +85,7 @@ def _cmd_methods(args: argparse.Namespace) -> int:
         "input_probe": "re-runs the model on masked images",
         "layer_probe": "re-runs the network after the layer",
         "model": "whole model (input or attention gradients)",
+        "black_box": "re-runs the model on perturbed images, any model",
     }
     names = camlens.methods()
     width = max(map(len, names))

@@ -65,7 +65,8 @@ class Explainer:
             slicing).
         batch_size: images (or activations) per forward pass for methods that re-run the model.
         progress: show a tqdm progress bar for those passes (off by default).
-        seed: seeds the noise of SS-CAM, Smooth Grad-CAM++ and ``smooth``.
+        seed: seeds the noise of SS-CAM, Smooth Grad-CAM++ and ``smooth``, Random-CAM's weights
+            and RISE's masks.
         smooth: for gradient methods, average the raw maps over this many noisy copies of each
             image (SmoothGrad-style; 0 = off); ``smooth_std`` is the noise's standard deviation
             as a fraction of each image's value range (default 0.15).
@@ -113,6 +114,8 @@ class Explainer:
             raise InputError(f"exact=True is an option of gradcampp, not of {method!r}")
         self.exact_chunk = int(options.pop("exact_chunk", 256))
         self._fn_options, self._score_options = self._split_options(options)
+        if "seed" in _option_names(self.method.fn):  # Random-CAM draws from the explainer's seed
+            self._fn_options["seed"] = seed
         self._frame: tuple[tuple[int, ...], tuple[int, ...]] | None = None
 
     def _split_options(self, options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -181,14 +184,14 @@ class Explainer:
         with preserved_model(model):
             if scales.applies(self, target):  # YOLO boxes, each at its own scale
                 return scales.run(self, images, target)
-            if self._layers is None:
+            if self._layers is None and info.inputs != "black_box":  # black boxes have no layer
                 self._layers = resolve_layers(model, find_default_layer(model, model_input))
             if not self._fast_multi() and self._maybe_multi(target):
                 with torch.no_grad():
                     sel = self._select(target, model(model_input), images.shape[0], 0)
                 if sel.scores.ndim == 2:
                     return self._per_target(images, model_input, target, sel)
-            if info.inputs == "model":
+            if info.inputs in ("model", "black_box"):
                 return run_model_level(self, images, model_input, target)
             if info.inputs == "layer_probe":
                 return run_layer_probe(self, images, model_input, target)
@@ -203,6 +206,8 @@ class Explainer:
             return not self.exact and not self.smooth
         if info.inputs == "model":
             return info.uses_tokens  # the attention methods batch their targets themselves
+        if info.inputs == "black_box":
+            return True  # Occlusion, RISE: every perturbed image is scored for all T targets
         return info.inputs in ("class_weights", "acts", "input_probe")
 
     @staticmethod

@@ -28,6 +28,9 @@ class MethodInfo:
             ``"layer_probe"``: ``probe``, which scores batches of modified *activations* by
             running only the network after the layer;
             ``"model"``: the engine hands the whole model (FullGrad, Guided Grad-CAM).
+            ``"black_box"``: a :class:`~camlens.cams.model_based.ModelCall` too, but no layer
+            is resolved (any model) and the method scores all T targets per image itself
+            (Occlusion, RISE: they only re-run the model on modified images).
         paper: the reference the implementation follows.
         score: optional ``(logits, class_ids, **options) -> (B,)``: the scalar explained instead
             of the logit (Finer-CAM's contrast with similar classes).
@@ -63,6 +66,7 @@ _INPUTS = (
     "input_probe",
     "layer_probe",
     "model",
+    "black_box",
 )
 
 

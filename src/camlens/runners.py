@@ -12,6 +12,7 @@ Each function reads the explainer's state (model, method, layers, options) and r
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -43,31 +44,16 @@ def run_layer_probe(
     first: tuple[Selection, Any] | None = None
     for name, module in ex._layers:
         with torch.no_grad():
-            act, run = layer_runner(ex.model, name, module, images)
-            if not isinstance(act, Tensor) or act.ndim != images.ndim:
-                shape = tuple(act.shape) if isinstance(act, Tensor) else type(act).__name__
+            native, native_run = layer_runner(ex.model, name, module, images)
+            if not isinstance(native, Tensor) or native.ndim < 3:
+                shape = tuple(native.shape) if isinstance(native, Tensor) else type(native).__name__
                 raise LayerError(
-                    f"{info.name} zeroes channels of a channels-first feature map, but layer "
-                    f"{name!r} outputs {shape}; use a CNN layer, or gradcam / scorecam / "
-                    "layercam, which read any layout"
+                    f"{info.name} modifies a feature map, channels-last map or tokens, but layer "
+                    f"{name!r} outputs {shape}; pick a convolutional layer, block or transformer "
+                    "norm"
                 )
-            # a callable layout is the user's word for this map; else decide it as _run does
-            layout = (
-                Layout("custom", fn=ex.layout_spec)
-                if callable(ex.layout_spec)
-                else infer_layout(
-                    name,
-                    tuple(act.shape),
-                    tuple(images.shape[2:]),
-                    layout_hint_module(ex.model, name, module),
-                    spec=ex.layout_spec,
-                )
-            )
-            if layout.kind not in ("channels_first", "custom"):
-                raise LayerError(
-                    f"{info.name} zeroes channels of a channels-first feature map, but layer "
-                    f"{name!r} is {layout.name}; use gradcam / scorecam / layercam here"
-                )
+            layout = _probe_layout(ex, name, module, native, images, model_input)
+            act, run = _spatial_runner(layout, native, native_run)
             owner = torch.arange(batch, device=images.device)
             output = run(act, owner)
             sel = ex._select(target, output, batch, 0)
@@ -89,6 +75,53 @@ def run_layer_probe(
     sel, output = first
     logits = logits_or_none(output, batch)
     return ex._explanation(images, raws, sel.ids, sel.scores, logits, sel.extras)
+
+
+def _probe_layout(
+    ex: Explainer, name: str, module: Any, act: Tensor, images: Tensor, model_input: Any
+) -> Layout:
+    """The layout of the layer's output, decided as the captured-forward path decides it: a
+    callable ``layout=`` is the user's word; tokens need the patch grid of one captured forward
+    (taken once per input size, then reused)."""
+    if callable(ex.layout_spec):
+        return Layout("custom", fn=ex.layout_spec)
+    if act.ndim == 3:
+        key = (name, tuple(act.shape[1:]), tuple(images.shape[2:]))
+        if key not in ex._layouts:
+            _, capture = ex._forward(images, model_input, track_grads=False, linears=False)
+            return ex._layout_of(name, module, capture.acts[name], capture, images)
+        return ex._layouts[key]
+    return infer_layout(
+        name,
+        tuple(act.shape),
+        tuple(images.shape[2:]),
+        layout_hint_module(ex.model, name, module),
+        spec=ex.layout_spec,
+    )
+
+
+def _spatial_runner(
+    layout: Layout, native: Tensor, run: Callable[[Tensor, Tensor], Any]
+) -> tuple[Tensor, Callable[[Tensor, Tensor], Any]]:
+    """(the activation as (B, K, *spatial), a runner that takes modified (N, K, *spatial)
+    activations of images ``owner`` back to the layer's own layout before the rest runs).
+
+    Channels-last maps are permuted back. Tokens get their patch tokens from the modified map
+    and their prefix tokens (class, distillation, register tokens) from the unmodified output
+    of the same image: the methods mask or ablate the patch grid, never the prefix (as
+    ViT-ReciproCAM keeps the class token). A custom layout is taken to be channels-first.
+    """
+    if layout.kind == "channels_last":
+        return native.movedim(-1, 1), lambda x, owner: run(x.movedim(1, -1), owner)
+    if layout.kind == "tokens":
+        prefix = native[:, : layout.prefix]
+
+        def tokens(x: Tensor, owner: Tensor) -> Any:
+            patches = x.flatten(2).transpose(1, 2).to(native.dtype)
+            return run(torch.cat([prefix[owner], patches], dim=1), owner)
+
+        return layout.to_spatial(native), tokens
+    return native, run
 
 
 def token_layout(ex: Explainer, images: Tensor, model_input: Any) -> Layout | None:
@@ -116,12 +149,16 @@ def run_model_level(
         images=images,
         target=target,
         score=lambda out: _pair(ex._select(target, out, batch, 0)),
-        layers=ex._layers,
+        layers=ex._layers or [],
         explain=lambda method, layers: type(ex)(
             ex.model, method, [m for _, m in layers], layout=ex.layout_spec
         )(model_input, target),
         to_grid=None if tokens is None else tokens.tokens_to_grid,
         num_prefix=0 if tokens is None else tokens.prefix,
+        select=lambda out, copies: _pair(ex._select(target, out, batch, copies)),
+        batch_size=ex.batch_size,
+        progress=ex.progress,
+        seed=ex.seed,
     )
     result = ex.method.fn(call, **ex._fn_options)
     if result.maps is not None:

@@ -48,7 +48,7 @@ COLORMAPS = ("jet", "turbo", "viridis", "inferno", "magma", "plasma", "coolwarm"
 #: methods selected on the first screen.
 DEFAULT_METHODS = ("gradcam", "gradcampp")
 #: methods that re-run the model per channel or position: slow, with progress and cancel.
-SLOW_INPUTS = ("input_probe", "layer_probe")
+SLOW_INPUTS = ("input_probe", "layer_probe", "black_box")
 
 
 class JobCancelled(Exception):  # noqa: N818 - an outcome, not an error

@@ -6,7 +6,8 @@ Importing this package registers every method in :mod:`camlens.registry`.
 from camlens.cams.ablation import ablationcam, reciprocam
 from camlens.cams.attention import gae, rollout
 from camlens.cams.cam import cam
-from camlens.cams.eigen import eigencam, eigengradcam
+from camlens.cams.eigen import eigencam, eigengradcam, segeigencam
+from camlens.cams.fem import fem, randomcam
 from camlens.cams.finer import contrast_score, finercam
 from camlens.cams.gradient import (
     gradcam,
@@ -18,7 +19,9 @@ from camlens.cams.gradient import (
     smoothgradcampp,
     xgradcam,
 )
+from camlens.cams.kpca import kpcacam
 from camlens.cams.model_based import fullgrad, guided_gradcam
+from camlens.cams.occlusion import occlusion, rise
 from camlens.cams.score import iscam, scorecam, sscam
 
 __all__ = [
@@ -27,6 +30,7 @@ __all__ = [
     "contrast_score",
     "eigencam",
     "eigengradcam",
+    "fem",
     "finercam",
     "fullgrad",
     "gae",
@@ -36,10 +40,15 @@ __all__ = [
     "guided_gradcam",
     "hirescam",
     "iscam",
+    "kpcacam",
     "layercam",
+    "occlusion",
+    "randomcam",
     "reciprocam",
+    "rise",
     "rollout",
     "scorecam",
+    "segeigencam",
     "shapleycam",
     "smoothgradcampp",
     "sscam",

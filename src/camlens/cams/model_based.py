@@ -36,6 +36,10 @@ class ModelCall:
         to_grid: for token models, per-token values (B, N) -> (B, *grid) (prefix tokens
             dropped); None otherwise.
         num_prefix: the number of prefix tokens (class, distillation, register tokens).
+        select: ``(output of [B clean images; B * m copies, image-major], m) -> (scores, ids)``
+            for all B * (1 + m) rows: the target decided on the clean images and applied to
+            their copies (perturbation methods score any target on modified images with it).
+        batch_size, progress, seed: the explainer's options for methods that re-run the model.
     """
 
     model: nn.Module
@@ -46,6 +50,10 @@ class ModelCall:
     explain: Callable[[str, list[tuple[str, nn.Module]]], Any] | None = None
     to_grid: Callable[[Tensor], Tensor] | None = None
     num_prefix: int = 0
+    select: Callable[[Any, int], tuple[Tensor, Tensor]] | None = None
+    batch_size: int = 64
+    progress: bool = False
+    seed: int = 0
 
 
 @dataclass
