@@ -276,6 +276,7 @@ class Explainer:
         self._layers: list[tuple[str, nn.Module]] | None = (
             None if layer is None else resolve_layers(model, layer)
         )
+        self._layer_auto = layer is None
         if layout is not None and not callable(layout) and layout not in ("nchw", "nhwc", "tokens"):
             raise InputError(
                 f"layout must be None, 'nchw', 'nhwc', 'tokens' or a callable, got {layout!r}"
@@ -778,6 +779,7 @@ class Explainer:
             )(model_input, target),
             to_grid=None if tokens is None else tokens.tokens_to_grid,
             num_prefix=0 if tokens is None else tokens.prefix,
+            layer_auto=self._layer_auto,
         )
         result = self.method.fn(call, **self._fn_options)
         if result.maps is not None:

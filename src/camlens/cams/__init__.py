@@ -18,6 +18,7 @@ from camlens.cams.gradient import (
     smoothgradcampp,
     xgradcam,
 )
+from camlens.cams.legrad import legrad
 from camlens.cams.model_based import fullgrad, guided_gradcam
 from camlens.cams.score import iscam, scorecam, sscam
 
@@ -37,6 +38,7 @@ __all__ = [
     "hirescam",
     "iscam",
     "layercam",
+    "legrad",
     "reciprocam",
     "rollout",
     "scorecam",

@@ -36,6 +36,8 @@ class ModelCall:
         to_grid: for token models, per-token values (B, N) -> (B, *grid) (prefix tokens
             dropped); None otherwise.
         num_prefix: the number of prefix tokens (class, distillation, register tokens).
+        layer_auto: True when the user gave no layer (``layers`` is the automatic one); a
+            method defined over several blocks (LeGrad) then uses all of them.
     """
 
     model: nn.Module
@@ -46,6 +48,7 @@ class ModelCall:
     explain: Callable[[str, list[tuple[str, nn.Module]]], Any] | None = None
     to_grid: Callable[[Tensor], Tensor] | None = None
     num_prefix: int = 0
+    layer_auto: bool = False
 
 
 @dataclass
