@@ -20,6 +20,7 @@ from camlens.cams.gradient import (
 )
 from camlens.cams.legrad import legrad
 from camlens.cams.model_based import fullgrad, guided_gradcam
+from camlens.cams.refine import refinecam
 from camlens.cams.score import iscam, scorecam, sscam
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "layercam",
     "legrad",
     "reciprocam",
+    "refinecam",
     "rollout",
     "scorecam",
     "shapleycam",
