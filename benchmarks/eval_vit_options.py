@@ -23,6 +23,8 @@ RUNS: list[tuple[str, str, object, dict]] = [  # label, method, layer, options
     ("legrad", "legrad", None, {}),
     ("legrad pool=mean", "legrad", None, {"pool": "mean"}),
     ("legrad last block", "legrad", ["blocks.1"], {}),
+    ("legrad aug_smooth", "legrad", None, {"aug_smooth": True}),
+    ("legrad pool=mean aug_smooth", "legrad", None, {"pool": "mean", "aug_smooth": True}),
     ("refinecam (patch_embed.proj, blocks.0/1.norm1)", "refinecam",
      ["patch_embed.proj", "blocks.0.norm1", AUTO], {}),
     ("refinecam base=layercam", "refinecam", ["patch_embed.proj", "blocks.0.norm1", AUTO],

@@ -178,5 +178,19 @@ def test_wrapper_option_errors(resnet) -> None:
         camlens.explain(model, x, "gradcam", sess_num_scales=2)
     with pytest.raises(InputError, match="not both"):
         camlens.explain(model, x, "gradcam", sess=True, aug_smooth=True)
-    with pytest.raises(InputError, match="layer methods"):
-        camlens.explain(model, x, "fullgrad", aug_smooth=True)
+    with pytest.raises(InputError, match="terms"):
+        camlens.explain(model, x, "fullgrad", eigen_smooth=True)
+
+
+def test_aug_smooth_wraps_model_level_methods_too() -> None:
+    from camlens.demo import load_model, shapes
+
+    vit = load_model("vit")
+    images, labels, _ = shapes(2, seed=0, size=96, instances=1)
+    ex = camlens.explain(vit, images, "legrad", target=labels, aug_smooth=True)
+    maps = []
+    for flip, factor in AUGMENTATIONS:
+        one = camlens.explain(vit, (images.flip(-1) if flip else images) * factor, "legrad",
+                              target=labels)  # fmt: skip
+        maps.append(one.maps.flip(-1) if flip else one.maps)
+    assert torch.allclose(ex.maps, minmax(torch.stack(maps).mean(0)), atol=1e-5)

@@ -1,4 +1,8 @@
-"""Options that wrap any layer method: ``eigen_smooth``, ``aug_smooth`` and ``sess``.
+"""Options that wrap a method: ``eigen_smooth``, ``aug_smooth`` and ``sess``.
+
+``eigen_smooth`` applies to the layer methods that expose their per-channel terms;
+``aug_smooth`` and ``sess`` to every method, model-level ones included (LeGrad, GAE, FullGrad:
+their maps are flipped back or pasted like any other).
 
 None of them is a branch of the engine's flow. ``eigen_smooth`` wraps the method's function
 (a different reduction of the same per-channel terms); ``aug_smooth`` and ``sess`` wrap the
@@ -358,11 +362,6 @@ class Wrapping:
 
     def method(self, info: MethodInfo) -> MethodInfo:
         """The method as the engine runs it (``eigen_smooth`` swaps its channel reduction)."""
-        if (self.aug_smooth or self.sess) and info.inputs == "model" and info.name != "refinecam":
-            raise InputError(
-                f"aug_smooth / sess wrap layer methods; {info.name!r} is not one (use them with "
-                "gradcam, gradcampp, layercam, scorecam, ...)"
-            )
         return eigen_smoothed(info) if self.eigen_smooth else info
 
     def run(
