@@ -41,7 +41,6 @@ def vit_contenders(model, x) -> dict[str, Callable[[], object]]:
     out: dict[str, Callable[[], object]] = {
         "no-grad forward": forward,
         "camlens legrad (12 blocks)": lambda: legrad(x, top),
-        "camlens gae": lambda: camlens.explain(model, x, "gae", target=top),
     }
     methods = importlib.util.find_spec("torchcam") and importlib.import_module("torchcam.methods")
     if methods and hasattr(methods, "LeGrad"):
@@ -98,6 +97,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--write", help="Markdown file whose benchmark section is replaced")
+    parser.add_argument("--only", choices=["vit", "cnn"], help="run one of the two tables")
     args = parser.parse_args()
     if args.device == "cpu":
         torch.set_num_threads(2)
@@ -108,14 +108,16 @@ def main() -> None:
         f"{datetime.date.today()}; median of {args.runs} round-robin runs in one process.",
         "",
     ]
-    vit = torchvision.models.vit_b_16(weights=None).eval().to(args.device)
-    torch.nn.init.normal_(vit.heads.head.weight, std=0.02)  # torchvision starts it at zero
-    results = run_round_robin(vit_contenders(vit, x), args.runs, 0, args.device)
-    lines += table("**vit_b_16 (weights=None)**, LeGrad", results, "no-grad forward")
-    del vit
-    resnet = torchvision.models.resnet50(weights=None).eval().to(args.device)
-    results = run_round_robin(cnn_contenders(resnet, x), args.runs, 0, args.device)
-    lines += ["", *table("**resnet50 (weights=None)**, `layer4`", results, "camlens gradcam")]
+    if args.only != "cnn":
+        vit = torchvision.models.vit_b_16(weights=None).eval().to(args.device)
+        torch.nn.init.normal_(vit.heads.head.weight, std=0.02)  # torchvision starts it at zero
+        results = run_round_robin(vit_contenders(vit, x), args.runs, 0, args.device)
+        lines += table("**vit_b_16 (weights=None)**, LeGrad", results, "no-grad forward")
+        del vit
+    if args.only != "vit":
+        resnet = torchvision.models.resnet50(weights=None).eval().to(args.device)
+        results = run_round_robin(cnn_contenders(resnet, x), args.runs, 0, args.device)
+        lines += ["", *table("**resnet50 (weights=None)**, `layer4`", results, "camlens gradcam")]
     text = "\n".join(lines)
     print(text)
     if args.write:
