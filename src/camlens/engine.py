@@ -72,7 +72,7 @@ class Explainer:
         eigen_smooth, aug_smooth, sess (+ ``sess_*`` settings): options that wrap the method,
             see :mod:`camlens.wrappers` (principal component of the per-channel terms; six
             test-time augmentations; SESS's multi-scale sliding windows).
-        other options go to the method (e.g. ``gamma`` and ``base`` for Finer-CAM).
+        **options: the method's own options (e.g. ``gamma`` and ``base`` for Finer-CAM).
     """
 
     def __init__(
@@ -165,7 +165,7 @@ class Explainer:
                 "method (cam, scorecam, ablationcam, eigencam, reciprocam)"
             )
         try:
-            return self.wrapping.run(
+            ex = self.wrapping.run(
                 lambda x, t: self._explain(x, model_input if x is images else x, t),
                 images,
                 model_input,
@@ -179,6 +179,8 @@ class Explainer:
                 f"({str(exc).splitlines()[0]}); pass a (B, C, H, W) tensor (lists are for "
                 "torchvision detectors)"
             ) from exc
+        ex.images = images  # for ex.show() and notebooks (camlens.view): a reference
+        return ex
 
     def _explain(self, images: Tensor, model_input: Any, target: TargetSpec) -> Explanation:
         model, info = self.model, self.method
