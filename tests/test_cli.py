@@ -189,3 +189,12 @@ def test_evaluate_a_folder_with_some_masks(tmp_path, shape_files, capsys) -> Non
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert "2 images, 1 with masks" in results["data"]
     assert results["methods"]["layercam"]["pointing_game"] in (0.0, 1.0)  # one mask: 0 or 1
+
+
+def test_evaluate_several_layers_separated_by_commas(tmp_path, capsys) -> None:
+    """refinecam multiplies several layers: --layer takes them comma-separated."""
+    argv = ["evaluate", "--methods", "refinecam", "--layer", "features.3,features", "--data"]
+    argv += ["shapes:4", "--steps", "2", "--road", "50", "--sanity-images", "2"]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results["methods"]) == {"refinecam"} and not results["errors"]

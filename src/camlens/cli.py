@@ -310,6 +310,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     stats = spec.stats
     baseline = 0.0 if stats is None else black(*stats)
     layer = args.layer if args.layer else ("features" if args.model == "demo" else None)
+    if isinstance(layer, str) and "," in layer:  # several layers (refinecam, fusion)
+        layer = [name.strip() for name in layer.split(",") if name.strip()]
     torch.manual_seed(args.seed)
     model = spec.model.to(_device(args.device))
     out = Path(args.out)
@@ -504,7 +506,11 @@ def build_parser() -> argparse.ArgumentParser:
         "FOLDER/masks/<stem>.png as ground truth where present (default: shapes:500)",
     )
     ev.add_argument("--instances", type=int, default=1, help="objects per shapes image (1 or 2)")
-    ev.add_argument("--layer", default=None, help="dotted layer name (default: automatic)")
+    ev.add_argument(
+        "--layer",
+        default=None,
+        help="dotted layer name, or several separated by commas (default: automatic)",
+    )
     ev.add_argument("--out", default="out/evaluate", help="output folder")
     ev.add_argument("--steps", type=int, default=20, help="deletion/insertion steps (default 20)")
     ev.add_argument(

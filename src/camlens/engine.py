@@ -37,6 +37,7 @@ from camlens.probe import Probe
 from camlens.registry import MethodInfo, get_method
 from camlens.runners import run_layer_probe, run_model_level
 from camlens.targets import Selection, Target, TargetSpec, select_scores
+from camlens.wrappers import Wrapping
 
 __all__ = ["Explainer", "explain", "preserved_model"]
 
@@ -71,6 +72,9 @@ class Explainer:
             image (SmoothGrad-style; 0 = off); ``smooth_std`` is the noise's standard deviation
             as a fraction of each image's value range (default 0.15).
         samples, smooth_std: also the number of copies and noise of ``smoothgradcampp``.
+        eigen_smooth, aug_smooth, sess (+ ``sess_*`` settings): options that wrap the method,
+            see :mod:`camlens.wrappers` (principal component of the per-channel terms; six
+            test-time augmentations; SESS's multi-scale sliding windows).
         **options: the method's own options (e.g. ``gamma`` and ``base`` for Finer-CAM).
     """
 
@@ -113,6 +117,8 @@ class Explainer:
         if self.exact and self.method.name != "gradcampp":
             raise InputError(f"exact=True is an option of gradcampp, not of {method!r}")
         self.exact_chunk = int(options.pop("exact_chunk", 256))
+        self.wrapping = Wrapping.pop(options)  # eigen_smooth, aug_smooth, sess: camlens.wrappers
+        self.method = self.wrapping.method(self.method)
         self._fn_options, self._score_options = self._split_options(options)
         if "seed" in _option_names(self.method.fn):  # Random-CAM draws from the explainer's seed
             self._fn_options["seed"] = seed
@@ -167,7 +173,12 @@ class Explainer:
                 "method (cam, scorecam, ablationcam, eigencam, reciprocam)"
             )
         try:
-            ex = self._explain(images, model_input, target)
+            ex = self.wrapping.run(
+                lambda x, t: self._explain(x, model_input if x is images else x, t),
+                images,
+                model_input,
+                target,
+            )
         except TypeError as exc:
             if not isinstance(model_input, (list, tuple)):
                 raise

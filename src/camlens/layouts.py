@@ -286,13 +286,14 @@ def primary_output(output: Any) -> Tensor:
       embeddings);
     - a dict or HF ``ModelOutput`` with ``logits``: the logits;
     - torchvision segmentation's dict: ``out`` (``aux`` is ignored);
+    - HF CLIP vision towers' output (``CLIPVisionModelWithProjection``): ``image_embeds``;
     - a tuple or list whose first element is one of these: the first element.
     Anything else (a detector's list of dicts included) raises an error that names ``target=``.
     """
     if isinstance(output, Tensor):
         return output
     if isinstance(output, Mapping):
-        for key in ("logits", "out"):
+        for key in ("logits", "out", "image_embeds"):
             value = output.get(key)
             if isinstance(value, Tensor):
                 return value

@@ -36,6 +36,9 @@ class MethodInfo:
             of the logit (Finer-CAM's contrast with similar classes).
         tokens: a model-level method that maps token relevance to the patch grid (attention
             methods); the engine passes the token layout in its ``ModelCall``.
+        terms: for methods whose raw map is a channel sum, raw = sum_k T_k: the function (same
+            arguments as ``fn``) returning the per-channel terms T (B, K, *spatial), so that
+            options such as ``eigen_smooth`` can reduce them differently (:mod:`camlens.wrappers`).
     """
 
     name: str
@@ -44,6 +47,7 @@ class MethodInfo:
     paper: str
     score: Callable[..., Tensor] | None = None
     tokens: bool = False
+    terms: Callable[..., Tensor] | None = None
 
     @property
     def uses_tokens(self) -> bool:
@@ -77,6 +81,7 @@ def register(
     paper: str,
     score: Callable[..., Tensor] | None = None,
     tokens: bool = False,
+    terms: Callable[..., Tensor] | None = None,
 ) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
     """Register ``fn`` under ``name``; returns ``fn`` unchanged so it stays a plain function."""
     if inputs not in _INPUTS:
@@ -86,7 +91,13 @@ def register(
         if name in _REGISTRY:
             raise ValueError(f"method {name!r} is registered twice")
         _REGISTRY[name] = MethodInfo(
-            name=name, fn=fn, inputs=inputs, paper=paper, score=score, tokens=tokens
+            name=name,
+            fn=fn,
+            inputs=inputs,
+            paper=paper,
+            score=score,
+            tokens=tokens,
+            terms=terms,
         )
         return fn
 

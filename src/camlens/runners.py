@@ -159,6 +159,7 @@ def run_model_level(
         batch_size=ex.batch_size,
         progress=ex.progress,
         seed=ex.seed,
+        layer_auto=ex._auto_layer,
     )
     result = ex.method.fn(call, **ex._fn_options)
     if result.maps is not None:

@@ -20,8 +20,10 @@ from camlens.cams.gradient import (
     xgradcam,
 )
 from camlens.cams.kpca import kpcacam
+from camlens.cams.legrad import legrad
 from camlens.cams.model_based import fullgrad, guided_gradcam
 from camlens.cams.occlusion import occlusion, rise
+from camlens.cams.refine import refinecam
 from camlens.cams.score import iscam, scorecam, sscam
 
 __all__ = [
@@ -42,9 +44,11 @@ __all__ = [
     "iscam",
     "kpcacam",
     "layercam",
+    "legrad",
     "occlusion",
     "randomcam",
     "reciprocam",
+    "refinecam",
     "rise",
     "rollout",
     "scorecam",

@@ -8,11 +8,17 @@ from torch import Tensor
 from camlens.registry import register
 
 
+def cam_terms(acts: Tensor, class_weights: Tensor) -> Tensor:
+    """CAM's per-channel terms w^c_k A^k: (B, K, *spatial)."""
+    return class_weights.view(*class_weights.shape, *[1] * (acts.ndim - 2)) * acts
+
+
 @register(
     "cam",
     inputs="class_weights",
     paper="Zhou et al., Learning Deep Features for Discriminative Localization, CVPR 2016, "
     "arXiv:1512.04150",
+    terms=cam_terms,
 )
 def cam(acts: Tensor, class_weights: Tensor) -> Tensor:
     """CAM (Zhou 2016): the linear head's weights applied at every position.

@@ -20,10 +20,16 @@ def _spatial(x: Tensor) -> tuple[int, ...]:
     return tuple(range(2, x.ndim))
 
 
+def gradcam_terms(acts: Tensor, grads: Tensor) -> Tensor:
+    """Grad-CAM's per-channel terms alpha_k A^k, (B, K, *spatial)."""
+    return grads.mean(dim=_spatial(acts), keepdim=True) * acts
+
+
 @register(
     "gradcam",
     inputs="grads",
     paper="Selvaraju et al., Grad-CAM, ICCV 2017, arXiv:1610.02391",
+    terms=gradcam_terms,
 )
 def gradcam(acts: Tensor, grads: Tensor) -> Tensor:
     """Grad-CAM: channel weights are the spatial mean of the gradients.
@@ -32,14 +38,23 @@ def gradcam(acts: Tensor, grads: Tensor) -> Tensor:
 
     For a GAP + linear head, g^k_ij = w^c_k / Z, so raw = CAM / Z.
     """
-    alpha = grads.mean(dim=_spatial(acts), keepdim=True)
-    return (alpha * acts).sum(dim=1)
+    return gradcam_terms(acts, grads).sum(dim=1)
+
+
+def gradcampp_terms(
+    acts: Tensor, grads: Tensor, d2: Tensor | None = None, d3: Tensor | None = None
+) -> Tensor:
+    """Grad-CAM++'s per-channel terms w^c_k A^k, (B, K, *spatial) (see :func:`gradcampp`)."""
+    if d2 is None or d3 is None:
+        return _gradcampp_terms(acts, grads, grads.pow(2), grads.pow(3))
+    return _gradcampp_terms(acts, grads, grads.pow(2) + d2, grads.pow(3) + 3 * grads * d2 + d3)
 
 
 @register(
     "gradcampp",
     inputs="grads",
     paper="Chattopadhyay et al., Grad-CAM++, WACV 2018, arXiv:1710.11063, eq. (19)",
+    terms=gradcampp_terms,
 )
 def gradcampp(
     acts: Tensor, grads: Tensor, d2: Tensor | None = None, d3: Tensor | None = None
@@ -66,25 +81,34 @@ def gradcampp(
         dY ~ g,   d2Y ~ g^2 + d2,   d3Y ~ g^3 + 3 g d2 + d3.
     With d2 = d3 = 0 (piecewise-linear heads) this is eq. (19) again.
     """
-    if d2 is None or d3 is None:
-        return _gradcampp_map(acts, grads, grads.pow(2), grads.pow(3))
-    return _gradcampp_map(acts, grads, grads.pow(2) + d2, grads.pow(3) + 3 * grads * d2 + d3)
+    return gradcampp_terms(acts, grads, d2, d3).sum(dim=1)
 
 
 def _gradcampp_map(acts: Tensor, d1: Tensor, d2: Tensor, d3: Tensor) -> Tensor:
     """sum_k w_k A^k with w_k = sum_ij a_ij ReLU(d1_ij), a = d2 / (2 d2 + sum_ab A_ab d3)."""
+    return _gradcampp_terms(acts, d1, d2, d3).sum(dim=1)
+
+
+def _gradcampp_terms(acts: Tensor, d1: Tensor, d2: Tensor, d3: Tensor) -> Tensor:
+    """The terms w_k A^k of :func:`_gradcampp_map`, (B, K, *spatial)."""
     sum_acts = acts.sum(dim=_spatial(acts), keepdim=True)
     denom = 2 * d2 + sum_acts * d3
     nonzero = denom != 0
     alpha = torch.where(nonzero, d2 / torch.where(nonzero, denom, torch.ones_like(denom)), 0.0)
     weights = (alpha * d1.clamp(min=0)).sum(dim=_spatial(acts), keepdim=True)
-    return (weights * acts).sum(dim=1)
+    return weights * acts
+
+
+def layercam_terms(acts: Tensor, grads: Tensor) -> Tensor:
+    """The per-channel terms of :func:`layercam`, grads.clamp(min=0) * acts: (B, K, *spatial)."""
+    return grads.clamp(min=0) * acts
 
 
 @register(
     "layercam",
     inputs="grads",
     paper="Jiang et al., LayerCAM, IEEE TIP 2021, doi:10.1109/TIP.2021.3089943",
+    terms=layercam_terms,
 )
 def layercam(acts: Tensor, grads: Tensor) -> Tensor:
     """LayerCAM: every activation weighted by its own positive gradient.
@@ -94,13 +118,19 @@ def layercam(acts: Tensor, grads: Tensor) -> Tensor:
     For a GAP + linear head, raw = sum_k ReLU(w^c_k) A^k / Z. Several layers are fused with the
     paper's scaling and element-wise maximum (see :func:`camlens.fusion.fuse_layers`).
     """
-    return (grads.clamp(min=0) * acts).sum(dim=1)
+    return layercam_terms(acts, grads).sum(dim=1)
+
+
+def hirescam_terms(acts: Tensor, grads: Tensor) -> Tensor:
+    """The per-channel terms of :func:`hirescam`, grads * acts: (B, K, *spatial)."""
+    return grads * acts
 
 
 @register(
     "hirescam",
     inputs="grads",
     paper="Draelos & Carin, Use HiResCAM instead of Grad-CAM, arXiv:2011.08891",
+    terms=hirescam_terms,
 )
 def hirescam(acts: Tensor, grads: Tensor) -> Tensor:
     """HiResCAM: the gradient multiplies each activation element-wise, then channels are summed.
@@ -110,13 +140,24 @@ def hirescam(acts: Tensor, grads: Tensor) -> Tensor:
     Without ReLU on the product (unlike LayerCAM), so for a GAP + linear head
     sum_ij raw = S^c - b^c: the map shows exactly how each position adds to the score.
     """
-    return (grads * acts).sum(dim=1)
+    return hirescam_terms(acts, grads).sum(dim=1)
+
+
+def xgradcam_terms(acts: Tensor, grads: Tensor) -> Tensor:
+    """XGrad-CAM's per-channel terms w_k A^k, (B, K, *spatial) (see :func:`xgradcam`)."""
+    total = acts.sum(dim=_spatial(acts), keepdim=True)
+    safe = torch.where(total != 0, total, torch.ones_like(total))
+    weights = torch.where(
+        total != 0, (acts / safe * grads).sum(dim=_spatial(acts), keepdim=True), 0.0
+    )
+    return weights * acts
 
 
 @register(
     "xgradcam",
     inputs="grads",
     paper="Fu et al., Axiom-based Grad-CAM (XGrad-CAM), BMVC 2020, arXiv:2008.02312",
+    terms=xgradcam_terms,
 )
 def xgradcam(acts: Tensor, grads: Tensor) -> Tensor:
     """XGrad-CAM: gradients weighted by the activations' share of their channel's sum.
@@ -126,12 +167,12 @@ def xgradcam(acts: Tensor, grads: Tensor) -> Tensor:
     A channel whose activations sum to 0 gets w_k = 0 (it adds nothing to the map either when
     it is all zero, the post-ReLU case). For a GAP + linear head, w_k = w^c_k / Z: Grad-CAM.
     """
-    total = acts.sum(dim=_spatial(acts), keepdim=True)
-    safe = torch.where(total != 0, total, torch.ones_like(total))
-    weights = torch.where(
-        total != 0, (acts / safe * grads).sum(dim=_spatial(acts), keepdim=True), 0.0
-    )
-    return (weights * acts).sum(dim=1)
+    return xgradcam_terms(acts, grads).sum(dim=1)
+
+
+def gradcam_elementwise_terms(acts: Tensor, grads: Tensor) -> Tensor:
+    """The per-channel terms of :func:`gradcam_elementwise`, ReLU(g * A): (B, K, *spatial)."""
+    return (grads * acts).clamp(min=0)
 
 
 @register(
@@ -139,6 +180,7 @@ def xgradcam(acts: Tensor, grads: Tensor) -> Tensor:
     inputs="grads",
     paper="Element-wise Grad-CAM (the ReLU of HiResCAM's product), as in pytorch-grad-cam's "
     "GradCAMElementWise; cf. Draelos & Carin arXiv:2011.08891",
+    terms=gradcam_elementwise_terms,
 )
 def gradcam_elementwise(acts: Tensor, grads: Tensor) -> Tensor:
     """Element-wise Grad-CAM: only the positive element-wise contributions count.
@@ -147,13 +189,19 @@ def gradcam_elementwise(acts: Tensor, grads: Tensor) -> Tensor:
 
     With post-ReLU activations (A >= 0) this equals LayerCAM's sum_k ReLU(g^k) A^k.
     """
-    return (grads * acts).clamp(min=0).sum(dim=1)
+    return gradcam_elementwise_terms(acts, grads).sum(dim=1)
+
+
+def shapleycam_terms(acts: Tensor, grads: Tensor, hvp: Tensor) -> Tensor:
+    """ShapleyCAM's per-channel terms w_k A^k, (B, K, *spatial) (see :func:`shapleycam`)."""
+    return (grads - 0.5 * hvp).mean(dim=_spatial(acts), keepdim=True) * acts
 
 
 @register(
     "shapleycam",
     inputs="grads_hvp",
     paper="Cai et al., ShapleyCAM: second-order Shapley values for CAM, 2025, arXiv:2501.06261",
+    terms=shapleycam_terms,
 )
 def shapleycam(acts: Tensor, grads: Tensor, hvp: Tensor) -> Tensor:
     """ShapleyCAM: Grad-CAM with the gradient replaced by a second-order Shapley estimate.
@@ -164,8 +212,7 @@ def shapleycam(acts: Tensor, grads: Tensor, hvp: Tensor) -> Tensor:
     product (double backward). Where S is piecewise linear in A (ReLU networks, logit target)
     H A = 0 and ShapleyCAM equals Grad-CAM; it differs for smooth heads (GELU, SiLU, softmax).
     """
-    weights = (grads - 0.5 * hvp).mean(dim=_spatial(acts), keepdim=True)
-    return (weights * acts).sum(dim=1)
+    return shapleycam_terms(acts, grads, hvp).sum(dim=1)
 
 
 @register(

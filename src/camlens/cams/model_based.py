@@ -40,6 +40,8 @@ class ModelCall:
             for all B * (1 + m) rows: the target decided on the clean images and applied to
             their copies (perturbation methods score any target on modified images with it).
         batch_size, progress, seed: the explainer's options for methods that re-run the model.
+        layer_auto: True when the user gave no layer (``layers`` is the automatic one); a
+            method defined over several blocks (LeGrad) then uses all of them.
     """
 
     model: nn.Module
@@ -54,6 +56,7 @@ class ModelCall:
     batch_size: int = 64
     progress: bool = False
     seed: int = 0
+    layer_auto: bool = False
 
 
 @dataclass
