@@ -49,6 +49,7 @@ from camlens.probe import Probe
 from camlens.registry import MethodInfo, get_method
 from camlens.suffix import layer_runner
 from camlens.targets import Selection, Target, TargetSpec, select_scores
+from camlens.targets_output import check_signed
 
 
 @contextmanager
@@ -333,6 +334,28 @@ class Explainer:
         ``segmentation``, ``similarity``, ``detections``) or a callable output -> (B,) or
         (B, T) scores. With T targets per image, maps are (B, T, *spatial).
         """
+        info = self.method
+        check_signed(target, info.name, info.inputs)
+        with self._bound(target):
+            return self._call(images, target)
+
+    @contextmanager
+    def _bound(self, target: TargetSpec) -> Iterator[None]:
+        """Run the module a target asks for (``target.bind(model)``, e.g. a CLIP model's image
+        tower scored against text prompts, whose submodules are the model's own) for one call."""
+        bind = getattr(target, "bind", None)
+        if not callable(bind):
+            yield
+            return
+        model = self.model
+        self.model = bind(model)
+        try:
+            with preserved_model(model):
+                yield
+        finally:
+            self.model = model
+
+    def _call(self, images: Tensor | list[Tensor], target: TargetSpec) -> Explanation:
         model, info = self.model, self.method
         images, model_input = _check_images(model, images)
         if (info.needs_grads or info.inputs == "model") and torch.is_inference_mode_enabled():
