@@ -212,7 +212,7 @@ class Text(Target):
             or not all(isinstance(p, str) and p.strip() for p in items)
         ):
             kinds = sorted({type(p).__name__ for p in items}) if isinstance(items, Sequence) else []
-            got = f"a {type(prompts).__name__}" + (f" of {', '.join(kinds)}" if kinds else "")
+            got = f"{type(prompts).__name__}" + (f" of {', '.join(kinds)}" if kinds else "")
             raise TargetError(
                 f"text() prompts must be a non-empty string or a non-empty list of non-empty "
                 f"strings, got {got}"
