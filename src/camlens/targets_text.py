@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from camlens.capture import preserved_model
 from camlens.errors import InputError, TargetError, UnsupportedModelError
 from camlens.layouts import describe, primary_output
 from camlens.targets import ScoreFn, Selection, Target
@@ -153,8 +154,6 @@ def _features_ids(encoded: Any) -> Tensor:
 def embed_text(model: nn.Module, prompts: Sequence[str], tokenizer: Any = None) -> Tensor:
     """t_p / |t_p|: the unit text embeddings (P, D) of ``prompts`` by the model's text tower,
     without gradient; the model is left as it came (eval for the call)."""
-    from camlens.engine import preserved_model
-
     _, family = _towers(model)
     tokenizer = _default_tokenizer(model, family) if tokenizer is None else tokenizer
     inputs = _token_inputs(model, family, tokenizer, list(prompts))
