@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from camlens import cams as _cams  # noqa: F401  (registers the methods)
 from camlens.capture import Capture, check_images, noisy_copies, preserved_model
-from camlens.display import display_maps, framed, logits_or_none
+from camlens.display import display_maps, framed, logits_or_none, warn_empty_maps
 from camlens.errors import GradientUnavailableError, InputError, LayerError, TargetError
 from camlens.explanation import Explanation
 from camlens.gradients import diagonal_derivatives, gradients
@@ -434,6 +434,7 @@ class Explainer:
     ) -> Explanation:
         with torch.no_grad():
             maps = display_maps(raws, tuple(images.shape[2:]), lambda raw: framed(raw, self._frame))
+            warn_empty_maps(raws, images.ndim - 2, self.layers, self.method.name)
         return Explanation(
             maps=maps,
             raw={name: raw for (name, _), raw in zip(self._layers, raws, strict=True)},
