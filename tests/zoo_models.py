@@ -249,7 +249,6 @@ HF: dict[str, Callable[[], tuple[nn.Module, torch.Tensor]]] = {
     "clip": _hf_vision("CLIPConfig", "CLIPForImageClassification"),
     "metaclip_2": _hf_vision("MetaClip2Config", "MetaClip2ForImageClassification"),
     "siglip": _hf_vision("SiglipConfig", "SiglipForImageClassification"),
-    "siglip2": _hf_vision("Siglip2Config", "Siglip2ForImageClassification"),
     "donut-swin": _hf(
         "DonutSwinConfig",
         "DonutSwinForImageClassification",
