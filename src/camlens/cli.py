@@ -249,7 +249,7 @@ def _output_target(index: int | None, model: Any, x: torch.Tensor, paths: list):
         y = primary_output(model(x))
     column = y if y.ndim == 1 else y[:, 0 if index is None else min(index, y.shape[1] - 1)]
     for i, path in enumerate(paths):
-        print(f"{path}: output {'' if index is None else index} = {float(column[i]):.4f}")
+        print(f"{path}: output{'' if index is None else f' {index}'} = {float(column[i]):.4f}")
     ranks = torch.full((len(paths), 1), 0 if index is None else index, device=x.device)
     return camlens.targets.output(index), ranks, lambda c: f"output {c}"
 
