@@ -1,6 +1,6 @@
 """The picture of docs/guides/clip.md: one image, one Grad-CAM map per prompt, side by side.
 
-    python docs/scripts/clip_prompts.py [--weights PATH] [--out docs/guides/clip_prompts.png]
+    python tools/clip_prompts.py [--weights PATH] [--out docs/guides/clip_prompts.png]
 
 open_clip ViT-B-32. camlens stays offline, so without ``--weights`` (a local state dict of
 OpenAI's or LAION's ViT-B-32) the model has random weights and the maps show the mechanics
