@@ -267,7 +267,8 @@ def find_default_layer(model: nn.Module, images: Any, call: Any = None) -> str:
         return any(".".join(parts[:i]) in token_modules for i in range(1, len(parts)))
 
     spatial_cands = [c for c in spatial_cands if not inside_tokens(c[0])]
-    score = _reach_score(output, state["head"]) if grad else None
+    with torch.enable_grad():  # the caller may be under torch.no_grad()
+        score = _reach_score(output, state["head"]) if grad else None
     if score is None:  # nothing to differentiate: feature maps as they are, no token layer
         found_all = [name for name, _, _ in spatial_cands]
     else:
