@@ -269,10 +269,10 @@ def find_default_layer(model: nn.Module, images: Any, call: Any = None) -> str:
     spatial_cands = [c for c in spatial_cands if not inside_tokens(c[0])]
     with torch.enable_grad():  # the caller may be under torch.no_grad()
         score = _reach_score(output, state["head"]) if grad else None
-    if score is None:  # nothing to differentiate: feature maps as they are, no token layer
+    cands = spatial_cands + norm_tokens + other_tokens
+    if score is None or not cands:  # nothing to differentiate: feature maps as they are
         found_all = [name for name, _, _ in spatial_cands]
     else:
-        cands = spatial_cands + norm_tokens + other_tokens
         with torch.enable_grad():
             grads = torch.autograd.grad(score, [o for _, o, _ in cands], allow_unused=True)
         reach = {
