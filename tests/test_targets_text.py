@@ -259,3 +259,16 @@ def test_bad_prompts_and_models_are_one_clear_line(oc_model, hf_tokenizer_dir) -
     with pytest.raises(camlens.UnsupportedModelError, match="prompts' embeddings have 16"):
         with pytest.warns(UserWarning):
             camlens.explain(nn.Conv2d(3, 4, 3), torch.randn(1, 3, 8, 8), "gradcam", target=target)
+
+
+def test_text_targets_import_no_optional_dependency() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, camlens; camlens.targets.text; camlens.targets.output; "
+        "import camlens.models_clip; "
+        "bad = [m for m in ('open_clip', 'transformers', 'timm') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
