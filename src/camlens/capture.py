@@ -78,7 +78,7 @@ class Capture:
 
     def _hook(self, name: str):
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
-            rest: tuple = ()
+            rest: tuple | None = None  # a tuple output stays a tuple (HF layers return (x,))
             if isinstance(output, tuple) and output and isinstance(output[0], Tensor):
                 output, rest = output[0], tuple(output[1:])
             if not isinstance(output, Tensor) or output.ndim < 3:
@@ -98,7 +98,7 @@ class Capture:
             else:
                 self.acts[name] = output.detach()
             out = output.clone()
-            return (out, *rest) if rest else out
+            return (out, *rest) if rest is not None else out
 
         return hook
 

@@ -7,7 +7,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import torch
 
@@ -31,8 +31,9 @@ def _warn_random_weights(args: argparse.Namespace) -> None:
         and not args.model.startswith("hf:")
         and not (args.model.startswith("ultralytics:") and args.model.lower().endswith(".pt"))
     ):
+        how = "PATH" if args.model.startswith("open_clip:") else "DEFAULT or PATH"
         print(
-            f"camlens: warning: {args.model} has random weights (pass --weights DEFAULT or PATH)",
+            f"camlens: warning: {args.model} has random weights (pass --weights {how})",
             file=sys.stderr,
         )
 
@@ -111,7 +112,6 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     from camlens.errors import CamlensError
     from camlens.io import load_image
     from camlens.models import build_model
-    from camlens.models import logits as model_logits
     from camlens.viz import overlay, save_raw
 
     try:
@@ -142,35 +142,19 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         return max(code, 1 if failed else 0)
     model = spec.model.to(device)
     x = spec.preprocess(loaded).to(device)
-    with torch.no_grad():
-        logits = model_logits(model(x))
-    probs = logits.softmax(1)
-    num_classes = logits.shape[1]
-    names = spec.classes if len(spec.classes) == num_classes else []
-
-    def label(c: int) -> str:
-        return names[c] if names else f"class {c}"
-
-    if args.target is not None and not 0 <= args.target < num_classes:
-        _fail(f"--target {args.target} is out of range: the model has {num_classes} classes")
-        return 2
-    k = min(args.topk, num_classes)
-    top = probs.topk(max(k, 5 if num_classes >= 5 else num_classes), dim=1)
-    stems = _unique_stems(paths)
-    for i, path in enumerate(paths):
-        ranked = ", ".join(
-            f"{label(int(c))} {float(p):.3f}"
-            for p, c in zip(top.values[i].tolist(), top.indices[i].tolist(), strict=True)
-        )
-        print(f"{path}: {ranked}")
     out = Path(args.out)
+    stems = _unique_stems(paths)
+    try:
+        if args.prompt or hasattr(model, "encode_text"):
+            target, ranks, label = _prompt_target(args, model, x, paths)
+        elif isinstance(args.target, tuple):
+            target, ranks, label = _output_target(args.target[1], model, x, paths)
+        else:
+            target, ranks, label = _class_target(args, spec, model, x, paths)
+    except CamlensError as exc:
+        _fail(str(exc))
+        return 2
     out.mkdir(parents=True, exist_ok=True)
-    if args.target is not None:
-        target: object = args.target
-        ranks = torch.full((len(paths), 1), args.target, dtype=torch.long, device=device)
-    else:  # the top k classes in one forward and one batched gradient: maps (B, k, H, W)
-        target = camlens.targets.top(k)
-        ranks = top.indices[:, :k]
     raw: dict[str, torch.Tensor] = {}
     written = 0
     for method in args.method:
@@ -203,6 +187,93 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     else:
         _fail("no method could explain these images; nothing was written")
     return 1 if failed else 0
+
+
+def _class_target(args: argparse.Namespace, spec: Any, model: Any, x: torch.Tensor, paths: list):
+    """Classifiers: print each image's top classes; explain --target or the top --topk."""
+    import camlens
+    from camlens.errors import TargetError
+    from camlens.models import logits as model_logits
+
+    with torch.no_grad():
+        logits = model_logits(model(x))
+    probs = logits.softmax(1)
+    num_classes = logits.shape[1]
+    names = spec.classes if len(spec.classes) == num_classes else []
+
+    def label(c: int) -> str:
+        return names[c] if names else f"class {c}"
+
+    if args.target is not None and not 0 <= args.target < num_classes:
+        raise TargetError(
+            f"--target {args.target} is out of range: the model has {num_classes} classes"
+        )
+    k = min(args.topk, num_classes)
+    top = probs.topk(max(k, 5 if num_classes >= 5 else num_classes), dim=1)
+    for i, path in enumerate(paths):
+        ranked = ", ".join(
+            f"{label(int(c))} {float(p):.3f}"
+            for p, c in zip(top.values[i].tolist(), top.indices[i].tolist(), strict=True)
+        )
+        print(f"{path}: {ranked}")
+    if args.target is not None:
+        ranks = torch.full((len(paths), 1), args.target, dtype=torch.long, device=x.device)
+        return args.target, ranks, label
+    # the top k classes in one forward and one batched gradient: maps (B, k, H, W)
+    return camlens.targets.top(k), top.indices[:, :k], label
+
+
+def _prompt_target(args: argparse.Namespace, model: Any, x: torch.Tensor, paths: list):
+    """Image-text models: one map per --prompt (cosine similarity), printed best first."""
+    import camlens
+    from camlens.errors import InputError
+
+    if not args.prompt:
+        raise InputError(
+            f"{args.model} is an image-text model: say what to look for with --prompt TEXT "
+            '(repeat it for several prompts, e.g. --prompt "a dog" --prompt "a cat")'
+        )
+    if args.target is not None:
+        raise InputError("--prompt explains the prompts; drop --target")
+    target = camlens.targets.text(args.prompt, model)
+    with torch.no_grad():
+        sims = target.bind(model)(x)
+    prompts = list(args.prompt)
+    for i, path in enumerate(paths):
+        order = sims[i].argsort(descending=True).tolist()
+        ranked = ", ".join(f"{prompts[p]!r} {float(sims[i, p]):.3f}" for p in order)
+        print(f"{path}: cosine similarity {ranked}")
+    ranks = torch.arange(len(prompts), device=x.device).expand(len(paths), -1)
+    return target, ranks, lambda p: prompts[p]
+
+
+def _output_target(index: int | None, model: Any, x: torch.Tensor, paths: list):
+    """Regression and other raw outputs: --target output:INDEX."""
+    import camlens
+    from camlens.layouts import primary_output
+
+    with torch.no_grad():
+        y = primary_output(model(x))
+    column = y if y.ndim == 1 else y[:, 0 if index is None else min(index, y.shape[1] - 1)]
+    for i, path in enumerate(paths):
+        print(f"{path}: output{'' if index is None else f' {index}'} = {float(column[i]):.4f}")
+    ranks = torch.full((len(paths), 1), 0 if index is None else index, device=x.device)
+    return camlens.targets.output(index), ranks, lambda c: f"output {c}"
+
+
+def _target_arg(value: str) -> int | tuple[str, int | None]:
+    """--target: a class id, or output[:INDEX] for raw outputs (regression)."""
+    if value == "output" or value.startswith("output:"):
+        index = value.partition(":")[2]
+        if index and not index.isdigit():
+            raise argparse.ArgumentTypeError(f"output:INDEX needs a column number, got {index!r}")
+        return ("output", int(index) if index else None)
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--target takes a class id (an int) or output:INDEX, got {value!r}"
+        ) from None
 
 
 def _device(name: str) -> torch.device:
@@ -465,8 +536,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--method", nargs="+", default=["gradcam"], help="methods (see 'camlens methods')"
     )
     explain.add_argument("--layer", default=None, help="dotted layer name (default: automatic)")
+    explain.add_argument(
+        "--prompt",
+        action="append",
+        default=None,
+        help="image-text models (open_clip:NAME): a text prompt to explain; repeat for several",
+    )
     group = explain.add_mutually_exclusive_group()
-    group.add_argument("--target", type=int, default=None, help="class id to explain")
+    group.add_argument(
+        "--target",
+        type=_target_arg,
+        default=None,
+        help="class id to explain, or output:INDEX for a raw output (regression)",
+    )
     group.add_argument("--topk", type=int, default=1, help="explain each image's top K classes")
     explain.add_argument("--out", default="out/explain", help="output folder")
     explain.add_argument("--colormap", default="jet", help="any matplotlib colormap")

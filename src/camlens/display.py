@@ -7,6 +7,7 @@ frame cropped to the resized image. The maths of each step is in :mod:`camlens.m
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -57,3 +58,23 @@ def logits_or_none(output: Any, batch: int) -> Tensor | None:
     """The (B, classes) logits of a classifier's output (for Explanation.logits), else None."""
     out = primary_or_none(output)
     return out[:batch] if out is not None and out.ndim == 2 else None
+
+
+def warn_empty_maps(raws: list[Tensor], nd: int, layers: list[str] | None, method: str) -> None:
+    """Warn when a raw map is <= 0 everywhere but not zero: after the ReLU its map is empty.
+
+    raws: one (B, *s) or (B, T, *s) raw map per layer, ``nd`` spatial dimensions. A map that is
+    exactly zero (a zero gradient, already warned about; a padded detection) is not reported.
+    """
+    for name, raw in zip(layers or [], raws, strict=False):
+        flat = raw.reshape(-1, *raw.shape[raw.ndim - nd :]).flatten(1)
+        empty = (flat.amax(dim=1) <= 0) & (flat.amin(dim=1) < 0)
+        if bool(empty.any()):
+            where = empty.view(raw.shape[: raw.ndim - nd]).nonzero()[:5].tolist()
+            warnings.warn(
+                f"the {method} raw map of layer {name!r} is <= 0 everywhere at (image[, target]) "
+                f"{where}{' ...' if int(empty.sum()) > 5 else ''}, so its map is empty after the "
+                "ReLU: nothing in the layer speaks for the target (untrained weights, or a target "
+                "the image speaks against: try targets.counterfactual, another layer or method)",
+                stacklevel=5,
+            )

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -21,7 +22,7 @@ from camlens import cams as _cams  # noqa: F401  (registers the methods)
 from camlens.capture import Capture, check_images, noisy_copies, preserved_model
 from camlens.detection import scales
 from camlens.detection.mixed import explain_list, needs_grouping
-from camlens.display import display_maps, framed, logits_or_none
+from camlens.display import display_maps, framed, logits_or_none, warn_empty_maps
 from camlens.errors import GradientUnavailableError, InputError, LayerError, TargetError
 from camlens.explanation import Explanation
 from camlens.gradients import diagonal_derivatives, gradients
@@ -37,6 +38,7 @@ from camlens.probe import Probe
 from camlens.registry import MethodInfo, get_method
 from camlens.runners import run_layer_probe, run_model_level
 from camlens.targets import Selection, Target, TargetSpec, select_scores
+from camlens.targets_output import check_signed
 from camlens.wrappers import Wrapping
 
 __all__ = ["Explainer", "explain", "preserved_model"]
@@ -162,6 +164,28 @@ class Explainer:
         target (``top(k)``, ``segmentation``, ``similarity``, ``detections``) or a callable
         output -> (B,) or (B, T) scores. With T targets per image, maps are (B, T, *spatial).
         """
+        info = self.method
+        check_signed(target, info.name, info.inputs)
+        with self._bound(target):
+            return self._call(images, target)
+
+    @contextmanager
+    def _bound(self, target: TargetSpec) -> Iterator[None]:
+        """Run the module a target asks for (``target.bind(model)``, e.g. a CLIP model's image
+        tower scored against text prompts, whose submodules are the model's own) for one call."""
+        bind = getattr(target, "bind", None)
+        if not callable(bind):
+            yield
+            return
+        model = self.model
+        self.model = bind(model)
+        try:
+            with preserved_model(model):
+                yield
+        finally:
+            self.model = model
+
+    def _call(self, images: Tensor | list[Tensor], target: TargetSpec) -> Explanation:
         model, info = self.model, self.method
         if needs_grouping(model, images):  # detectors: images of several sizes, YOLO lists
             return explain_list(self, images, target)
@@ -436,6 +460,7 @@ class Explainer:
     ) -> Explanation:
         with torch.no_grad():
             maps = display_maps(raws, tuple(images.shape[2:]), lambda raw: framed(raw, self._frame))
+            warn_empty_maps(raws, images.ndim - 2, self.layers, self.method.name)
         return Explanation(
             maps=maps,
             raw={name: raw for (name, _), raw in zip(self._layers, raws, strict=True)},

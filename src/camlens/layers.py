@@ -87,6 +87,28 @@ def _search_root(model: nn.Module) -> str:
     return ""
 
 
+#: top-level children (below the search root) that are heads: never the automatic layer
+_HEADS = ("head", "heads", "head_dist", "classifier", "fc", "pre_logits")
+
+
+def _excluded(model: nn.Module, root: str, name: str) -> bool:
+    """A head (timm's ``head``, torchvision's ``classifier``, ...) or, in torchvision's SSD
+    feature extractors, an extra layer added after the base network (``backbone.extra.1``...):
+    its maps shrink to 1 x 1, the base network's last map is the feature map to explain."""
+    rest = name[len(root) :] if name.startswith(root) else name
+    first = rest.split(".", 1)[0]
+    if first in _HEADS:
+        return True
+    base = model.get_submodule(root[:-1]) if root else model
+    extra = getattr(base, "extra", None)
+    if isinstance(extra, nn.ModuleList) and isinstance(getattr(base, "features", None), nn.Module):
+        parts = rest.split(".")
+        # VGG's SSD puts the base network's fc6/fc7 in extra[0]; SSDLite's extras are all added
+        keep_first = len(extra) > 0 and any(isinstance(m, nn.MaxPool2d) for m in extra[0].modules())
+        return first == "extra" and not (keep_first and len(parts) > 1 and parts[1] == "0")
+    return False
+
+
 def _reach_score(output: Any, head_input: Tensor | None) -> Tensor | None:
     """A scalar for the dry run's gradient check: what reaches it reaches the score.
 
@@ -105,27 +127,41 @@ def _reach_score(output: Any, head_input: Tensor | None) -> Tensor | None:
     return out.flatten(1).float().amax(dim=1).sum()
 
 
+def _first_tensor(out: Any) -> Tensor | None:
+    """A module's output tensor, or the first element of a tuple output (as the capture reads)."""
+    if isinstance(out, tuple) and out and isinstance(out[0], Tensor):
+        out = out[0]
+    return out if isinstance(out, Tensor) else None
+
+
 def find_default_layer(model: nn.Module, images: Any, call: Any = None) -> str:
     """The layer ``layer=None`` explains, found by one dry run on the first image.
 
-    - CNNs: the last module (in the order modules finish their forward, so a container wins over
-      its children: ``layer4``, ``features``) whose output is a feature map (channels-first or
-      channels-last, see :mod:`camlens.layouts`) with more than one position, that holds
-      parameters or is an activation module (so a conv's ReLU in a Sequential is explained, not
-      the conv before it; a parameter-free pooling that keeps the size, as VGG's ``avgpool``,
-      does not hide the feature extractor), is not a normalisation layer, and runs once (a
-      ResNet block's shared ReLU does not).
-    - Transformers: the last LayerNorm whose output is patch tokens (B, N, C) and whose *patch*
-      tokens still reach the score (checked with one gradient on the dry run): the input norm of
-      the last block (``encoder_layer_11.ln_1``, ``blocks.11.norm1``, ``layernorm_before``) in
-      class-token models, where the final norm and the last MLP's norm reach the score only
-      through the class token. Never the patch embedding.
-    - Segmentation and detection models (a ``backbone`` attribute): the same rules inside the
-      backbone (its ``body`` with FPN), never a head, an FPN or a shared module.
-    - Ultralytics YOLO detectors: the neck's P3 output, the detection head's first input (see
-      :mod:`camlens.detection.yolo`), without a dry run.
+    Candidates are the modules that hold parameters or are activation modules (so a conv's ReLU
+    in a Sequential is explained, not the conv before it), run once, and output (or output
+    first, in a tuple) a feature map or patch tokens:
+
+    - feature maps (channels-first or channels-last, see :mod:`camlens.layouts`) with more than
+      one position, not from a normalisation layer, and not inside a module that outputs tokens
+      (a patch embedding's convolution, CvT's convolutional attention projections);
+    - token outputs (B, N, C) of a LayerNorm (the input norm of the last block in class-token
+      models, ``encoder_layer_11.ln_1``, ``blocks.11.norm1``) or of a block holding such a norm
+      (in mean-pooled models the last block's output reaches the score: it wins over the norm
+      of its MLP branch); in token models without LayerNorm (LeViT's BatchNorm blocks), of any
+      such module (its blocks and stages).
+
+    One forward with autograd on (the first image only) and one gradient keep the candidates
+    whose output reaches the score (for tokens: whose *patch* tokens do, as in class-token
+    models only the class token of the last norms does). The automatic layer is the last
+    candidate to finish its forward (so a container wins over its children: ``layer4``,
+    ``features``). Never a head (``head``, ``classifier``, ``fc``, ... below the root).
+    Segmentation and detection models (a ``backbone`` attribute): the same rules inside the
+    backbone (its ``body`` with FPN; SSD: the base network, not the extra layers).
+    Ultralytics YOLO detectors: the neck's P3 output, the detection head's first input (see
+    :mod:`camlens.detection.yolo`), without a dry run.
     The model must already be in the state to explain (eval). ``call(model, x)`` runs it
     (default ``model(x)``); ``images`` is a (B, C, *spatial) tensor or a list of images.
+    Under ``torch.inference_mode`` no gradient can be taken: the check is skipped.
     """
     from camlens.detection.yolo import default_layer
     from camlens.layouts import _fits, detector_frame, detector_transform, token_grid
@@ -143,7 +179,7 @@ def find_default_layer(model: nn.Module, images: Any, call: Any = None) -> str:
         probe = [im.detach() for im in first]
         spatial = tuple(first[0].shape[1:])
     root = _search_root(model)
-    events: list[tuple[str, nn.Module, Any, Any, tuple[int, ...] | None]] = []
+    events: list[tuple[str, nn.Module, Tensor, tuple[int, ...] | None]] = []
     counts: dict[str, int] = {}
     state: dict[str, Any] = {"grid": None, "inputs": spatial, "head": None}
     hooks = []
@@ -178,21 +214,27 @@ def find_default_layer(model: nn.Module, images: Any, call: Any = None) -> str:
         learned = next(module.parameters(), None) is not None
         if not inside or not (learned or isinstance(module, _ACTS)):
             continue
+        if _excluded(model, root, name):
+            continue
 
-        def hook(m: nn.Module, _i: Any, out: Any, name: str = name) -> None:
+        def hook(m: nn.Module, _i: Any, out: Any, name: str = name) -> Any:
             counts[name] = counts.get(name, 0) + 1
-            if isinstance(out, Tensor):  # keep only token outputs (for the gradient check)
-                events.append((name, m, out if out.ndim == 3 else None, out.shape, state["grid"]))
+            tensor = _first_tensor(out)
+            if tensor is None:
+                return None
+            # hand a copy downstream, as the capture does: a tuple's other elements or an
+            # in-place op after the module must not pass for the path from this output
+            tensor = tensor.clone()
+            events.append((name, m, tensor, state["grid"]))
+            return (tensor, *out[1:]) if isinstance(out, tuple) else tensor
 
         hooks.append(module.register_forward_hook(hook))
 
-    def dry(grad: bool) -> tuple[Any, list[str], list[tuple[str, Tensor, int]], dict[str, int]]:
-        """One forward on the first image: spatial candidates and token-norm candidates."""
+    grad = not torch.is_inference_mode_enabled()
+    try:
         events.clear()
-        counts.clear()
-        state["head"] = None
         x = probe
-        if grad:  # the patch tokens must sit in a graph even when every parameter is frozen
+        if grad:  # the features must sit in a graph even when every parameter is frozen
             x = (
                 probe.detach().requires_grad_(True)
                 if isinstance(probe, Tensor)
@@ -200,50 +242,67 @@ def find_default_layer(model: nn.Module, images: Any, call: Any = None) -> str:
             )
         with torch.set_grad_enabled(grad):
             output = model(x) if call is None else call(model, x)
-        spatial_cands: list[str] = []
-        token_cands: list[tuple[str, Tensor, int]] = []
-        order = {name: i for i, (name, *_rest) in enumerate(events)}
-        nd = len(state["inputs"])
-        for name, module, out, shape, grid in events:
-            if counts[name] != 1:
-                continue
-            shape = tuple(shape)
-            if len(shape) == nd + 2 and not isinstance(module, _NORMS):
-                last = _fits(shape[1:-1], state["inputs"]) and not _fits(shape[2:], state["inputs"])
-                if max(shape[1:-1] if last else shape[2:]) > 1:
-                    spatial_cands.append(name)
-            elif len(shape) == 3 and isinstance(module, nn.LayerNorm) and out is not None:
-                found = token_grid(shape[1], state["inputs"], grid)
-                if found is not None and found[1] and max(found[1]) > 1:
-                    token_cands.append((name, out, found[0]))
-        return output, spatial_cands, token_cands, order
-
-    try:
-        # CNNs need no gradient: a plain no-grad forward. Token models get a second forward with
-        # autograd on, to check which patch tokens reach the score.
-        output, spatial_cands, token_cands, order = dry(grad=False)
-        valid_tokens: list[str] = []
-        if token_cands:
-            output, spatial_cands, token_cands, order = dry(grad=True)
-            score = _reach_score(output, state["head"])
-            if score is not None:
-                with torch.enable_grad():
-                    grads = torch.autograd.grad(
-                        score, [o for _, o, _ in token_cands], allow_unused=True
-                    )
-                for (name, _o, prefix), g in zip(token_cands, grads, strict=True):
-                    if g is not None and bool(g[:, prefix:].abs().sum() > 0):
-                        valid_tokens.append(name)
     finally:
         for h in hooks:
             h.remove()
-    found_all = spatial_cands + valid_tokens
+
+    order = {name: i for i, (name, *_rest) in enumerate(events)}
+    nd = len(state["inputs"])
+    spatial_cands: list[tuple[str, Tensor, int]] = []
+    norm_tokens: list[tuple[str, Tensor, int]] = []
+    other_tokens: list[tuple[str, Tensor, int]] = []
+    token_modules: set[str] = set()
+    for name, module, out, grid in events:
+        if counts[name] != 1:
+            continue
+        shape = tuple(out.shape)
+        if len(shape) == nd + 2 and not isinstance(module, _NORMS):
+            last = _fits(shape[1:-1], state["inputs"]) and not _fits(shape[2:], state["inputs"])
+            if max(shape[1:-1] if last else shape[2:]) > 1:
+                spatial_cands.append((name, out, 0))
+        elif len(shape) == 3:
+            found = token_grid(shape[1], state["inputs"], grid)
+            if found is not None and found[1] and max(found[1]) > 1:
+                token_modules.add(name)
+                if isinstance(module, nn.LayerNorm):
+                    norm_tokens.append((name, out, found[0]))
+                elif not isinstance(module, _NORMS):
+                    other_tokens.append((name, out, found[0]))
+
+    def inside_tokens(name: str) -> bool:
+        parts = name.split(".")
+        return any(".".join(parts[:i]) in token_modules for i in range(1, len(parts)))
+
+    spatial_cands = [c for c in spatial_cands if not inside_tokens(c[0])]
+    with torch.enable_grad():  # the caller may be under torch.no_grad()
+        score = _reach_score(output, state["head"]) if grad else None
+    cands = spatial_cands + norm_tokens + other_tokens
+    if score is None or not cands:  # nothing to differentiate: feature maps as they are
+        found_all = [name for name, _, _ in spatial_cands]
+    else:
+        with torch.enable_grad():
+            grads = torch.autograd.grad(score, [o for _, o, _ in cands], allow_unused=True)
+        reach = {
+            name: g is not None and bool(g[:, prefix:].abs().sum() > 0)
+            for (name, _o, prefix), g in zip(cands, grads, strict=True)
+        }
+        tokens = [n for n, _, _ in norm_tokens if reach[n]]
+        if tokens:  # a block whose own output reaches wins over the norms inside it (its MLP's)
+            tokens += [
+                n
+                for n, _, _ in other_tokens
+                if reach[n] and any(t.startswith(n + ".") for t in tokens)
+            ]
+        else:
+            tokens = [n for n, _, _ in other_tokens if reach[n]]
+        found_all = [n for n, _, _ in spatial_cands if reach[n]] + tokens
     if not found_all:
         where = f" inside {root[:-1]!r}" if root else ""
         raise LayerError(
             f"{type(model).__name__} has no layer{where} with a spatial output (a (B, C, h, w) "
-            "feature map, channels-last map or patch tokens) that runs once, so there is no "
-            "feature map to explain automatically; pass layer= a module name"
+            "feature map, channels-last map or patch tokens) that runs once and reaches the "
+            "score, so there is no feature map to explain automatically; pass layer= a module "
+            "name"
         )
     return max(found_all, key=lambda n: order[n])
 

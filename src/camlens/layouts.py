@@ -284,7 +284,8 @@ def primary_output(output: Any) -> Tensor:
 
     - a tensor: itself ((B, classes) logits, (B, classes, H, W) segmentation logits, (B, D)
       embeddings);
-    - a dict or HF ``ModelOutput`` with ``logits``: the logits;
+    - a dict or HF ``ModelOutput`` with ``logits``: the logits; without, a 2-D
+      ``last_hidden_state`` (HF PPLCNet's classifier puts its scores there);
     - torchvision segmentation's dict: ``out`` (``aux`` is ignored);
     - HF CLIP vision towers' output (``CLIPVisionModelWithProjection``): ``image_embeds``;
     - a tuple or list whose first element is one of these: the first element.
@@ -297,6 +298,10 @@ def primary_output(output: Any) -> Tensor:
             value = output.get(key)
             if isinstance(value, Tensor):
                 return value
+        # HF PPLCNetForImageClassification returns its class scores as a 2-D last_hidden_state
+        value = output.get("last_hidden_state")
+        if isinstance(value, Tensor) and value.ndim == 2:
+            return value
     elif isinstance(output, (tuple, list)) and output and not is_detections(output):
         first = output[0]
         if isinstance(first, Tensor) or isinstance(first, Mapping):

@@ -133,6 +133,10 @@ def build_model(name: str, weights: str | None = None, trust_pickle: bool = Fals
         return _build_timm(name.removeprefix("timm:"), weights)
     if name.startswith("hf:"):
         return _build_hf(name.removeprefix("hf:"), weights)
+    if name.startswith("open_clip:"):  # an image-text model: explain it with prompts
+        from camlens.models_clip import build_open_clip
+
+        return build_open_clip(name.removeprefix("open_clip:"), weights)
     if name == "demo":
         from camlens.demo import CLASSES, ShapesCNN, load_model
 

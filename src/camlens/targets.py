@@ -14,6 +14,10 @@ The names in this module are the contract:
 - :func:`similarity` ``(reference)``: cosine similarity of the output embedding to a reference.
 - :func:`detections` ``(boxes=None, labels=None, iou=0.5, score_threshold=0.5)``: one target
   per detected (or given) box of a torchvision or Ultralytics YOLO detector.
+- :func:`output` ``(index=None, sign=+1)``: a raw output, signed (regression, sigmoid heads);
+  :func:`counterfactual` ``(c)``: what speaks against c (:mod:`camlens.targets_output`).
+- :func:`text` ``(prompts, model)``: an image-text model's similarity to text prompts
+  (:mod:`camlens.targets_text`).
 - any callable ``output -> (B,)`` or ``(B, T)`` scores.
 """
 
@@ -531,3 +535,27 @@ def select_scores(
     the scores instead of the logits themselves (Finer-CAM).
     """
     return as_target(target).select(output, batch, copies, score)
+
+
+#: targets of their own families live in modules of their own (they build on the classes above);
+#: their names stay ``camlens.targets.NAME``, imported on first use (PEP 562)
+_FAMILIES = {
+    "Output": "camlens.targets_output",
+    "output": "camlens.targets_output",
+    "Counterfactual": "camlens.targets_output",
+    "counterfactual": "camlens.targets_output",
+    "Text": "camlens.targets_text",
+    "text": "camlens.targets_text",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FAMILIES:
+        import importlib
+
+        return getattr(importlib.import_module(_FAMILIES[name]), name)
+    raise AttributeError(f"module 'camlens.targets' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_FAMILIES])
