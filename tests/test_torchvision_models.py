@@ -31,6 +31,8 @@ RERUN_INPUT = {
 }
 CHEAP = {"resnet18", "mobilenet_v3_small"}
 ATTENTION_ONLY = {"gae", "rollout"}  # methods for vision transformers
+BLOCKS_ONLY = {"legrad"}  # reads a transformer's blocks and readout
+MULTI_LAYER = {"refinecam"}  # needs layer=[...]: without it, an error that names layers
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -46,6 +48,14 @@ def test_every_method_on_torchvision(name: str) -> None:
             options = {"samples": 2}
         if method in ATTENTION_ONLY:  # CNNs run no attention: a clear error, not a map
             with pytest.raises(camlens.UnsupportedModelError, match="attention"):
+                camlens.explain(model, x, method=method, target=[0, 6])
+            continue
+        if method in BLOCKS_ONLY:
+            with pytest.raises(camlens.UnsupportedModelError, match="transformer blocks"):
+                camlens.explain(model, x, method=method, target=[0, 6])
+            continue
+        if method in MULTI_LAYER:
+            with pytest.raises(camlens.LayerError, match="several layers"):
                 camlens.explain(model, x, method=method, target=[0, 6])
             continue
         if method == "cam" and name not in HAS_GAP_LINEAR_HEAD:

@@ -12,11 +12,18 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from camlens.detection.yolo import import_ultralytics
+
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_VERBOSE", "False")
 os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="camlens-yolo-"))
 
-pytest.importorskip("ultralytics")
+# Import Ultralytics through camlens before anything else does: its import patches
+# PIL.Image.open and torch.save process-wide, which camlens undoes (other tests read bad files).
+try:
+    import_ultralytics()
+except ImportError:
+    pytest.skip("ultralytics is not installed (the [yolo] extra)", allow_module_level=True)
 
 
 def randomise(model: nn.Module, seed: int = 0, gain: float = 1.6, cls_scale: float = 0.3) -> None:

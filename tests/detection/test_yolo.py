@@ -4,6 +4,7 @@ hand-written Grad-CAM / LayerCAM of its class score at its anchor."""
 
 from __future__ import annotations
 
+import io
 import socket
 
 import pytest
@@ -282,3 +283,18 @@ def test_a_reused_explainer_keeps_the_per_scale_layers() -> None:
     assert first.layers == [default_layer(model)]  # the ordinary path: the P3 neck output
     again = explainer(x, T.detections(score_threshold=0.0, max_det=2))
     assert again.layers == [f"model.{i}" for i in model.model[-1].f]
+
+
+def test_importing_ultralytics_leaves_pil_and_torch_save_alone() -> None:
+    """Ultralytics patches PIL.Image.open (an unreadable file would try to install pi-heif) and
+    torch.save when imported; camlens puts the originals back."""
+    import PIL.Image
+
+    from camlens.detection.yolo import import_ultralytics, load_model
+
+    import_ultralytics()
+    load_model("yolov8n.yaml")
+    assert PIL.Image.open.__module__ == "PIL.Image"
+    assert torch.save.__module__.startswith("torch")
+    with pytest.raises(PIL.UnidentifiedImageError):
+        PIL.Image.open(io.BytesIO(b"not an image"))

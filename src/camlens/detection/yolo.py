@@ -254,6 +254,27 @@ def _best_anchor(
 _TASKS = ("detect", "segment", "pose")
 
 
+def import_ultralytics() -> None:
+    """Import Ultralytics offline and undo the global patches its import applies.
+
+    Importing ``ultralytics`` replaces ``PIL.Image.open`` (a wrapper that, on an unreadable
+    file, tries to install and register ``pi-heif``) and ``torch.save`` for the whole process.
+    camlens must leave the caller's process as it found it: an unreadable image must stay one
+    clear error, never a package install. The originals are put back after the import (the
+    patches are applied once, at import, so they do not come back). ``YOLO_OFFLINE=1`` is set
+    unless the environment already says otherwise: no update checks, telemetry or downloads.
+    """
+    import PIL.Image
+
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    image_open, torch_save = PIL.Image.open, torch.save
+    try:
+        import ultralytics
+        import ultralytics.utils.patches  # noqa: F401  (applies the PIL patch)
+    finally:
+        PIL.Image.open, torch.save = image_open, torch_save
+
+
 def load_model(config: str, trust_pickle: bool = False) -> nn.Module:
     """An Ultralytics YOLO model in eval mode, offline.
 
@@ -264,9 +285,8 @@ def load_model(config: str, trust_pickle: bool = False) -> nn.Module:
     Detection, segmentation and pose models; no download ever happens (URLs are refused,
     and ``YOLO_OFFLINE=1`` is set unless the environment already says otherwise).
     """
-    os.environ.setdefault("YOLO_OFFLINE", "1")  # no update checks, no telemetry, no downloads
     try:
-        import ultralytics  # noqa: F401
+        import_ultralytics()
     except ImportError:
         from camlens.models import MissingExtraError
 
