@@ -104,10 +104,24 @@ def _unique_stems(paths: Sequence[Path]) -> list[str]:
     return stems
 
 
+def _load_noted(path: Path) -> object:
+    """:func:`camlens.io.load_image`, with its caveat (first frame of an animation) printed as
+    one ``camlens: note:`` line instead of a Python warning."""
+    import warnings
+
+    from camlens.io import InputWarning, load_image
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", InputWarning)
+        img = load_image(path)
+    for w in caught:
+        print(f"camlens: note: {w.message}", file=sys.stderr)
+    return img
+
+
 def _cmd_explain(args: argparse.Namespace) -> int:
     import camlens
     from camlens.errors import CamlensError
-    from camlens.io import load_image
     from camlens.models import build_model
     from camlens.models import logits as model_logits
     from camlens.viz import overlay, save_raw
@@ -124,7 +138,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     loaded, paths = [], []
     for path in map(Path, args.images):
         try:
-            loaded.append(load_image(path))
+            loaded.append(_load_noted(path))
             paths.append(path)
         except CamlensError as exc:
             _fail(str(exc))
@@ -293,6 +307,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                 mean=spec.mean,
                 std=spec.std,
                 interpolation=spec.interpolation,
+                on_skip=lambda line: print(f"camlens: warning: {line}", file=sys.stderr),
             )
     except (CamlensError, ValueError) as exc:
         _fail(str(exc))
