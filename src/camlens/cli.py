@@ -219,7 +219,34 @@ def _device(name: str) -> torch.device:
     return check_device(name)
 
 
+def _interrupt_on_sigterm() -> object:
+    """SIGTERM (what ``kill``, systemd and schedulers send) ends a batch job like Ctrl-C: the
+    complete shards are written, the one being filled is dropped, no temporary file stays.
+    Returns the previous handler (None where signals cannot be set, off the main thread)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
 def _cmd_batch(args: argparse.Namespace) -> int:
+    import signal
+
+    previous = _interrupt_on_sigterm()
+    try:
+        return _run_batch(args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)  # type: ignore[arg-type]
+
+
+def _run_batch(args: argparse.Namespace) -> int:
     import camlens.batch
 
     _warn_random_weights(args)

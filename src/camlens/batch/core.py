@@ -216,8 +216,12 @@ def write_overlays(
         for (index, method, rank, target, _image, _heat), rgb in zip(part, pixels, strict=True):
             path = folder / overlay_name(index, items[index], method, rank, target)
             tmp = folder / f".{path.name}.tmp{os.getpid()}"
-            Image.fromarray(rgb).save(tmp, format="PNG", compress_level=1)
-            os.replace(tmp, path)
+            try:
+                Image.fromarray(rgb).save(tmp, format="PNG", compress_level=1)
+                os.replace(tmp, path)
+            except BaseException:
+                tmp.unlink(missing_ok=True)  # a full disk leaves no partial file behind
+                raise
 
 
 def config_dict(config: JobConfig) -> dict[str, Any]:
