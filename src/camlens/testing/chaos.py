@@ -9,7 +9,9 @@ on disk, the final name absent) or *after* it (the file is in place, nothing aft
 - ``shard-before`` / ``shard-after``: the rename of a shard into place;
 - ``manifest-before`` / ``manifest-after``: the manifest update (N=1 at the start of a run,
   N=2 at its end);
-- ``errors-before``: the rewrite of ``errors.csv``.
+- ``errors-before``: the rewrite of ``errors.csv``;
+- ``shard-term``: SIGTERM (not SIGKILL) right after the N-th shard rename, so that the clean
+  stop is tested at a known moment too.
 
 :func:`chaos` runs a reference job, then the same job into another folder killed at every
 point above, at ``kills`` random moments (SIGKILL) and once with SIGTERM, restarting after
@@ -31,7 +33,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-POINTS = ("shard-before", "shard-after", "manifest-before", "manifest-after", "errors-before")
+POINTS = (
+    "shard-before",
+    "shard-after",
+    "manifest-before",
+    "manifest-after",
+    "errors-before",
+    "shard-term",
+)
 _PATTERNS = {"shard": "shard-", "manifest": "manifest.json", "errors": "errors.csv"}
 
 
@@ -51,6 +60,8 @@ def _install(point: str, nth: int) -> None:
         real(src, dst, *args, **kwargs)
         if hit and seen[0] == nth and when == "after":
             os.kill(os.getpid(), signal.SIGKILL)
+        if hit and seen[0] == nth and when == "term":
+            os.kill(os.getpid(), signal.SIGTERM)
 
     os.replace = replace  # type: ignore[assignment]
 
@@ -123,6 +134,8 @@ def run_job(
     cost; what the test suite uses)."""
     start = time.monotonic()
     how = "none" if point == "none" else f"SIGKILL at {point} #{nth}"
+    if point.endswith("-term"):
+        how = f"SIGTERM at {point} #{nth}"
     if zygote is not None:
         proc: Any = zygote.start([*args, "--out", str(out)], point, nth)
     else:
