@@ -90,7 +90,8 @@ def main() -> int:
         f"half-way {rss.get('half', 0):.0f}, end {rss.get('end', 0):.0f}, peak "
         f"{rss.get('peak', 0):.0f}; growth half-way -> end {growth:+.1f} %"
     )
-    print(f"answers checked against camlens.explain: {len(report.answers)} distinct, "
+    print(f"answers: {report.answers_seen} fetched, each equal to the first to its question; "
+          f"{len(report.answers)} distinct, checked against camlens.explain: "
           f"{len(mismatches)} mismatches")  # fmt: skip
     for m in mismatches[:5]:
         print("  mismatch:", m)

@@ -65,6 +65,7 @@ class LoadReport:
     failures: list[str] = field(default_factory=list)
     jobs_done: int = 0
     jobs_cancelled: int = 0
+    answers_seen: int = 0  # answers fetched, each compared with the first to its question
     # (upload name, layer, class) -> {method: map}: one answer per distinct question, to check
     answers: dict[tuple[str, str, int], dict[str, np.ndarray]] = field(default_factory=dict)
 
@@ -167,11 +168,17 @@ def run_load(
                     raw = call(c, "raw", "GET", f"/api/jobs/{job['id']}/raw.npz")
                     call(c, "render", "GET", f"/api/jobs/{job['id']}/{methods[0]}/overlay.png")
                     key = (name, info["layer"] or "", int(info["target"]))
+                    arrays = np.load(io.BytesIO(raw.content))
+                    maps = {m: arrays[f"{m}_map"] for m in methods}
                     with lock:
                         report.jobs_done += 1
-                        if key not in report.answers:
-                            arrays = np.load(io.BytesIO(raw.content))
-                            report.answers[key] = {m: arrays[f"{m}_map"] for m in methods}
+                        first = report.answers.setdefault(key, maps)
+                        report.answers_seen += 1
+                    # every answer to the same question equals the first (which is checked
+                    # against camlens.explain): no request sees another's activations
+                    for m in methods:
+                        if not np.array_equal(first[m], maps[m]):
+                            fail(f"job {job['id']}: {m} differs from an earlier answer")
                 except Exception as exc:  # every failure is counted, with its reason
                     fail(f"{type(exc).__name__}: {str(exc)[:160]}")
 
