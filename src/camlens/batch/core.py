@@ -204,6 +204,7 @@ def write_overlays(
     """
     from PIL import Image
 
+    from camlens.batch.shards import raise_if_disk_full
     from camlens.viz import overlays
 
     folder = out / "overlays"
@@ -219,8 +220,9 @@ def write_overlays(
             try:
                 Image.fromarray(rgb).save(tmp, format="PNG", compress_level=1)
                 os.replace(tmp, path)
-            except BaseException:
+            except BaseException as exc:
                 tmp.unlink(missing_ok=True)  # a full disk leaves no partial file behind
+                raise_if_disk_full(exc, path)
                 raise
 
 

@@ -159,14 +159,19 @@ def _replace_atomically(path: Path, write: Any) -> None:
         os.replace(tmp, path)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-            raise DiskFullError(
-                errno.ENOSPC,
-                f"no space left on the device holding {path.parent} while writing {path.name}; "
-                "the finished shards are kept: free some space and rerun the same command to "
-                "resume",
-            ) from None
+        raise_if_disk_full(exc, path)
         raise
+
+
+def raise_if_disk_full(exc: BaseException, path: Path) -> None:
+    """Turn a full disk (ENOSPC, EDQUOT) met while writing ``path`` into :class:`DiskFullError`."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise DiskFullError(
+            errno.ENOSPC,
+            f"no space left on the device holding {path.parent} while writing {path.name}; "
+            "the finished shards are kept: free some space and rerun the same command to "
+            "resume",
+        ) from None
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
