@@ -109,6 +109,8 @@ def test_half_precision_cnn_maps_equal_the_float32_model_s() -> None:
     model = build_model("demo").model.eval()
     x = torch.rand(2, 3, 96, 96)
     _agree(model, x, ["gradcam", "gradcampp", "layercam", "cam"])
+    # FullGrad sums input and bias gradients, which move more with the model's rounding
+    _agree(model, x, ["fullgrad"], tol_scale=2.0)
     # the methods that re-run the model (slow in half precision on a CPU): smaller images
     _agree(model, x[:1, :, :48, :48], ["scorecam", "ablationcam"])
 
