@@ -6,7 +6,8 @@
 A ``shapes:N`` job with the demo model and Grad-CAM runs once uninterrupted (the reference),
 then into a second folder: SIGKILLed inside a shard rename (before and after it), during the
 manifest update and the errors.csv rewrite, at random moments (the rest of ``--kills``), and
-once SIGTERMed, restarted after each, then run to the end. Prints each attempt and whether the
+SIGTERMed twice (right after a shard rename, and at a random moment), restarted after each,
+then run to the end. Prints each attempt and whether the
 final output equals the reference row for row with no temporary file (exit status 1 if not).
 ``--zygote`` forks the runs from one warm interpreter (no import cost per restart).
 """

@@ -334,7 +334,8 @@ def chaos(
     without ``--out``; ``ref`` gets the uninterrupted run.
 
     Of the ``kills`` SIGKILLs, one per entry of ``points`` lands exactly there (N drawn at
-    random among the first renames of its kind); the rest, and the SIGTERM, at random moments
+    random among the first renames of its kind; a ``-term`` point sends SIGTERM instead and
+    does not count); the rest, and the ``sigterm`` SIGTERM, at random moments
     drawn uniformly over a share of the work left (timed from the reference run). A random
     moment can fall after the job ended: ``Report.killed`` counts the kills that landed.
     """
@@ -360,7 +361,8 @@ def chaos(
     # Shard renames first (they need shards left to write), then random moments (while
     # work is left), then the renames of errors.csv and the manifest (made by every run).
     timed: list[tuple[str, int, float | None, int]] = [
-        ("none", 1, -1.0, signal.SIGKILL) for _ in range(max(0, kills - len(points)))
+        ("none", 1, -1.0, signal.SIGKILL)
+        for _ in range(max(0, kills - sum(not p.endswith("-term") for p in points)))
     ]
     if sigterm:
         timed.append(("none", 1, -1.0, signal.SIGTERM))
