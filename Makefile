@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test docs docs-test lint format bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,19 +16,25 @@ demo: $(STAMP)          ## the main job: explain the built-in benchmark, write g
 	$(VENV)/bin/camlens demo --out out/demo
 
 test: $(STAMP)          ## the whole test suite, lint included
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks tools
+	$(VENV)/bin/ruff format --check src tests benchmarks tools
 	$(PY) -m pytest -q
 
+docs: $(STAMP)          ## the documentation site -> site/ (strict, offline; tutorials executed)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+docs-test: docs         ## open the built site in headless Chromium (home, tutorial, formulas, search)
+	$(PY) -m pytest -q tests/docs
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks tools
 
 format: $(STAMP)
-	$(VENV)/bin/ruff format src tests benchmarks
-	$(VENV)/bin/ruff check --fix src tests benchmarks
+	$(VENV)/bin/ruff format src tests benchmarks tools
+	$(VENV)/bin/ruff check --fix src tests benchmarks tools
 
 bench: $(STAMP)         ## side-by-side speed and memory against the peer libraries
 	$(PY) benchmarks/bench_gradient.py --write BENCHMARKS.md
 
 clean:
-	rm -rf $(VENV) out build *.egg-info src/*.egg-info .pytest_cache
+	rm -rf $(VENV) out build site .cache *.egg-info src/*.egg-info .pytest_cache

@@ -123,6 +123,7 @@ def test_default_weights_offline_is_a_clear_error(monkeypatch, shape_files, caps
         (["evaluate", "--methods", "gradcan"], "unknown method"),
         (["evaluate", "--road", "20,abc"], "comma-separated percentages"),
         (["evaluate", "--box-threshold", "1.5"], "must be in (0, 1]"),
+        (["evaluate", "--sensitivity-samples", "-1"], "must be 0 (skip) or more"),
         (["evaluate", "--model", "resnet18", "--data", "shapes:4"], "pass --data FOLDER"),
     ],
 )

@@ -19,7 +19,7 @@ def small() -> EvalData:
 
 
 def _run(model, data, methods, **kw):
-    kw = {"steps": 4, "road_percentages": (50,), "sanity_images": 3, **kw}
+    kw = {"steps": 4, "road_percentages": (50,), "sanity_images": 3, "sensitivity_samples": 2, **kw}
     return evaluate(model, data, methods, "features", **kw)
 
 
@@ -31,7 +31,8 @@ def test_every_metric_for_every_method(small) -> None:
         "ms_per_image", "pointing_game", "energy_pointing_game", "iou", "box_localisation",
         "average_drop", "increase_in_confidence", "win", "deletion_auc", "insertion_auc",
         "road_morf", "road_lerf", "mprt_spearman", "mprt_ssim", "mprt_passed",
-        "random_logit_spearman", "random_logit_passed",
+        "random_logit_spearman", "random_logit_passed", "complexity", "sparseness",
+        "coherency", "adcc", "max_sensitivity",
     }  # fmt: skip
     for row in results["methods"].values():
         assert expected <= set(row)
@@ -39,6 +40,10 @@ def test_every_metric_for_every_method(small) -> None:
     a, b = results["methods"]["gradcam"], results["methods"]["cam"]
     assert a["deletion_auc"] == pytest.approx(b["deletion_auc"], abs=1e-5)
     assert a["win"] + b["win"] == pytest.approx(100.0)
+    for key in ("coherency", "adcc", "sparseness"):
+        assert 0 < a[key] <= 1 and a[key] == pytest.approx(b[key], abs=1e-5)
+    assert a["complexity"] == pytest.approx(b["complexity"], abs=1e-4)
+    assert a["max_sensitivity"] > 0
     curves = results["curves"]["gradcam"]
     assert len(curves["fractions"]) == len(curves["deletion"]) == 5
 
@@ -47,7 +52,8 @@ def test_a_failing_method_is_recorded_and_the_rest_still_run(tmp_path) -> None:
     model = torchvision.models.vgg11(weights=None).eval()
     data = EvalData(torch.randn(2, 3, 64, 64), None, None, None, "random")
     results = evaluate(model, data, ["cam", "gradcam"], "features.18", steps=2,
-                       road_percentages=(50,), sanity_images=2, out=tmp_path)  # fmt: skip
+                       road_percentages=(50,), sanity_images=2, sensitivity_samples=2,
+                       out=tmp_path)  # fmt: skip
     assert "cam" in results["errors"] and "gradcam" in results["methods"]
     assert "pointing_game" not in results["methods"]["gradcam"]  # no masks: no localisation
     assert "failed" in markdown_table(results)
@@ -75,3 +81,4 @@ def test_outputs_and_the_model_is_left_as_it_came(tmp_path, small) -> None:
     assert {"table.md", "table.csv", "results.json", "curves.png", "bar_iou.png"} <= files
     table = (tmp_path / "table.md").read_text()
     assert table.startswith("| method |") and "`gradcam`" in table and "↓" in table
+    assert "| ADCC ↑ |" in table and "| entropy ↓ |" in table and "| max sens ↓ |" in table

@@ -87,3 +87,16 @@ def test_overlays_index_colormaps_of_any_size_as_matplotlib_does() -> None:
     got = overlays(x, heat, "tab10", 1.0, "none")[0, 0].numpy()
     want = (colorize(heat[0], "tab10")[0] * 255).round().astype(np.uint8)
     assert np.array_equal(got, want)
+
+
+def test_grid_leaves_the_matplotlib_backend_alone(tmp_path) -> None:
+    import matplotlib
+
+    before = matplotlib.get_backend()
+    matplotlib.rcParams["backend"] = "module://matplotlib_inline.backend_inline"  # a notebook's
+    try:
+        grid(torch.rand(1, 3, 8, 8), {"m": torch.rand(1, 8, 8)}, tmp_path / "g.png", preset="none")
+        assert matplotlib.rcParams["backend"] == "module://matplotlib_inline.backend_inline"
+        assert (tmp_path / "g.png").exists()
+    finally:
+        matplotlib.rcParams["backend"] = before

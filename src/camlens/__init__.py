@@ -29,6 +29,7 @@ __version__ = "0.1.0"
 _LAZY = (
     "app",
     "batch",
+    "concepts",
     "demo",
     "evaluate",
     "io",

@@ -315,6 +315,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             )
         if args.steps < 1 or args.batch_size < 1 or args.sanity_images < 1:
             raise ValueError("--steps, --batch-size and --sanity-images must be at least 1")
+        if args.sensitivity_samples < 0:
+            raise ValueError("--sensitivity-samples must be 0 (skip) or more")
         if not 0 < args.box_threshold <= 1:
             raise ValueError(f"--box-threshold must be in (0, 1], got {args.box_threshold}")
         spec = build_model(args.model, args.weights)
@@ -360,6 +362,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             sanity_images=args.sanity_images,
             box_threshold=args.box_threshold,
+            sensitivity_samples=args.sensitivity_samples,
             seed=args.seed,
             out=out,
             progress=True,
@@ -408,6 +411,8 @@ def _cmd_app(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``camlens`` argument parser, every subcommand included (the CLI reference is
+    generated from it)."""
     parser = _Parser(
         prog="camlens",
         description="Class activation maps: see what an image model looked at.",
@@ -499,7 +504,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="measure methods: localisation, faithfulness, sanity, time",
         description="Run every method on a data set and measure it: pointing game, energy, "
         "IoU and box localisation (where masks exist), Average Drop / Increase in Confidence / "
-        "Win, Deletion / Insertion AUC, ROAD, the MPRT and random-logit sanity checks, and ms "
+        "Win, Deletion / Insertion AUC, ROAD, complexity (entropy), sparseness (Gini), "
+        "coherency and ADCC, the MPRT and random-logit sanity checks, max-sensitivity, and ms "
         "per image. Writes table.md, table.csv, results.json and plots into --out; results.json "
         "is updated after every method.",
     )
@@ -528,6 +534,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     ev.add_argument(
         "--sanity-images", type=int, default=32, help="images for the sanity checks (default 32)"
+    )
+    ev.add_argument(
+        "--sensitivity-samples",
+        type=int,
+        default=8,
+        help="noisy copies per image for max-sensitivity, on the sanity images (0: skip)",
     )
     ev.add_argument(
         "--box-threshold",
@@ -609,6 +621,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``camlens`` with ``argv`` (default: the command line); returns the exit code."""
     args = build_parser().parse_args(argv)
     if getattr(args, "topk", 1) < 1:
         _fail("--topk must be at least 1")

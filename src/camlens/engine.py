@@ -69,7 +69,7 @@ class Explainer:
             image (SmoothGrad-style; 0 = off); ``smooth_std`` is the noise's standard deviation
             as a fraction of each image's value range (default 0.15).
         samples, smooth_std: also the number of copies and noise of ``smoothgradcampp``.
-        other options go to the method (e.g. ``gamma`` and ``base`` for Finer-CAM).
+        **options: the method's own options (e.g. ``gamma`` and ``base`` for Finer-CAM).
     """
 
     def __init__(
@@ -159,7 +159,7 @@ class Explainer:
                 "method (cam, scorecam, ablationcam, eigencam, reciprocam)"
             )
         try:
-            return self._explain(images, model_input, target)
+            ex = self._explain(images, model_input, target)
         except TypeError as exc:
             if not isinstance(model_input, (list, tuple)):
                 raise
@@ -168,6 +168,8 @@ class Explainer:
                 f"({str(exc).splitlines()[0]}); pass a (B, C, H, W) tensor (lists are for "
                 "torchvision detectors)"
             ) from exc
+        ex.images = images  # for ex.show() and notebooks (camlens.view): a reference
+        return ex
 
     def _explain(self, images: Tensor, model_input: Any, target: TargetSpec) -> Explanation:
         model, info = self.model, self.method

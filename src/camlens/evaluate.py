@@ -1,8 +1,9 @@
 """``camlens evaluate``: every method, every applicable metric, one table.
 
 For each method: explain the images (timed), then localisation (when masks are given),
-Average Drop / Increase in Confidence / Win, Deletion / Insertion, ROAD, and the two sanity
-checks on the first ``sanity_images`` images. Results are written after every method
+Average Drop / Increase in Confidence / Win, Deletion / Insertion, ROAD, the maps' complexity
+(entropy) and sparseness (Gini), coherency and ADCC, and, on the first ``sanity_images``
+images, the two sanity checks and max-sensitivity. Results are written after every method
 (atomically), so an interrupted run keeps what it finished; a method that fails for this model
 (e.g. CAM without a GAP + linear head) is recorded with its error and the run goes on.
 """
@@ -25,17 +26,22 @@ from torch import Tensor, nn
 import camlens
 from camlens.errors import CamlensError, InputError
 from camlens.metrics import (
+    Adcc,
     box_localisation,
+    coherency,
+    complexity,
     component_boxes,
     deletion,
     energy_pointing_game,
     insertion,
     iou,
     masked_confidence,
+    max_sensitivity,
     pointing_game,
     road,
     sanity_random_logit,
     sanity_randomization,
+    sparseness,
     win_rate,
 )
 from camlens.metrics.perturbation import resolve_targets
@@ -54,6 +60,11 @@ COLUMNS: dict[str, tuple[str, str, str]] = {
     "insertion_auc": ("insertion", "up", ".3f"),
     "road_morf": ("ROAD MoRF", "down", ".3f"),
     "road_lerf": ("ROAD LeRF", "up", ".3f"),
+    "complexity": ("entropy", "down", ".2f"),
+    "sparseness": ("Gini", "up", ".3f"),
+    "coherency": ("coherency", "up", ".3f"),
+    "adcc": ("ADCC", "up", ".3f"),
+    "max_sensitivity": ("max sens", "down", ".3f"),
     "mprt_spearman": ("MPRT abs rho", "down", ".2f"),
     "random_logit_spearman": ("random logit abs rho", "down", ".2f"),
 }
@@ -195,6 +206,8 @@ def evaluate(
     batch_size: int = 64,
     sanity_images: int = 32,
     box_threshold: float = 0.2,
+    sensitivity_samples: int = 8,
+    sensitivity_radius: float = 0.2,
     seed: int = 0,
     out: Path | None = None,
     progress: bool = False,
@@ -208,6 +221,13 @@ def evaluate(
     inputs in [0, 1]; :func:`camlens.metrics.black` for normalised inputs). Box localisation
     thresholds maps at ``box_threshold`` of their max (CAM's 20%) and takes the ground-truth
     boxes from the masks' connected components.
+
+    Complexity (entropy) and sparseness (Gini) need only the maps. Coherency explains every
+    image seen through its map once more (hidden pixels at ``baseline``); ADCC combines it with
+    the maps' mean value and the Average Drop as a fraction. Max-sensitivity explains
+    ``sensitivity_samples`` copies of each of the first ``sanity_images`` images with uniform
+    noise of ``sensitivity_radius`` (in the model's input units; 0 samples: skipped) and
+    reports the largest change of the map, as a fraction of the map's norm (``relative=True``).
     """
     tensors = [*model.parameters(), *model.buffers()]
     device = tensors[0].device if tensors else data.images.device
@@ -234,6 +254,8 @@ def evaluate(
             "batch_size": batch_size,
             "sanity_images": n_sanity,
             "box_threshold": box_threshold,
+            "sensitivity_samples": sensitivity_samples,
+            "sensitivity_radius": sensitivity_radius,
             "seed": seed,
             "device": str(device),
             "threads": torch.get_num_threads(),
@@ -281,7 +303,30 @@ def evaluate(
                 )
                 row["road_morf"] = float(rd.morf.mean())
                 row["road_lerf"] = float(rd.lerf.mean())
+                row["complexity"] = float(complexity(maps).mean())
+                row["sparseness"] = float(sparseness(maps).mean())
+                coh = coherency(
+                    model, images, maps, method, targets, layer, baseline=baseline, **opts
+                )
+                parts = Adcc(coh, maps.flatten(1).mean(dim=1), conf.drop / 100, targets)
+                row["coherency"] = float(coh.mean())
+                row["adcc"] = float(parts.adcc.mean())
                 sub_x, sub_t = images[:n_sanity], targets[:n_sanity]
+                if sensitivity_samples > 0:
+                    sens = max_sensitivity(
+                        model,
+                        sub_x,
+                        maps[:n_sanity],
+                        method,
+                        sub_t,
+                        layer,
+                        radius=sensitivity_radius,
+                        samples=sensitivity_samples,
+                        relative=True,
+                        seed=seed,
+                        **opts,
+                    )
+                    row["max_sensitivity"] = float(sens.mean())
                 mprt = sanity_randomization(
                     model, sub_x, method, sub_t, layer, seed=seed, batch_size=batch_size
                 )

@@ -60,6 +60,7 @@ class Layout:
 
     @property
     def name(self) -> str:
+        """The layout's short name: "nchw", "nhwc" or "tokens" (as ``layout=`` takes it)."""
         return {"channels_first": "nchw", "channels_last": "nhwc"}.get(self.kind, self.kind)
 
     def to_spatial(self, x: Tensor) -> Tensor:

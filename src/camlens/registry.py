@@ -49,6 +49,7 @@ class MethodInfo:
 
     @property
     def needs_grads(self) -> bool:
+        """Whether the method needs gradients of the score (so no ``torch.inference_mode``)."""
         return self.inputs in ("grads", "grads_hvp", "grad_samples")
 
 

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 def run_layer_probe(
     ex: Explainer, images: Tensor, model_input: Any, target: TargetSpec
 ) -> Explanation:
+    """Gradient-free methods that re-run only the network after each layer (Ablation-CAM,
+    Recipro-CAM): one explanation of ``images``."""
     info, batch = ex.method, images.shape[0]
     if isinstance(model_input, (list, tuple)):
         raise InputError(f"{info.name} re-runs the network after the layer; pass a tensor")
@@ -107,6 +109,8 @@ def token_layout(ex: Explainer, images: Tensor, model_input: Any) -> Layout | No
 def run_model_level(
     ex: Explainer, images: Tensor, model_input: Any, target: TargetSpec
 ) -> Explanation:
+    """Methods that need the whole model (FullGrad, Guided Grad-CAM, the attention methods): one
+    explanation of ``images``."""
     from camlens.cams.model_based import ModelCall
 
     batch = images.shape[0]

@@ -38,6 +38,7 @@ class SplitModel:
         self.layer_pos = layer_pos  # which of the prefix's values is the layer's output
 
     def values(self, images: Tensor) -> list[Tensor]:
+        """The cached values the part after the layer needs, from one run of the part before."""
         out = self.prefix(images)
         return list(out) if isinstance(out, (tuple, list)) else [out]
 
@@ -102,6 +103,9 @@ class HookedRerun:
         self.model, self.module, self.images = model, module, images
 
     def run(self, acts: Tensor, owner: Tensor) -> Any:
+        """The model's output for modified activations ``acts`` of images ``owner`` (a full re-run
+        whose layer output is replaced by a hook)."""
+
         def replace(_m: nn.Module, _i: Any, _o: Any) -> Tensor:
             return acts.clone()  # an in-place op after the layer must not touch ``acts``
 

@@ -55,6 +55,9 @@ class Target:
     def select(
         self, output: Any, batch: int, copies: int = 0, score: ScoreFn | None = None
     ) -> Selection:
+        """The scores to explain, (B,) or (B, T), and their class ids, read from the model's
+        ``output`` for ``batch`` images (and ``copies`` noisy copies of each, after them);
+        ``score`` turns logits into scores."""
         raise NotImplementedError
 
     def __call__(self, output: Any) -> Tensor:
@@ -172,6 +175,8 @@ class Top(Target):
     def select(
         self, output: Any, batch: int, copies: int = 0, score: ScoreFn | None = None
     ) -> Selection:
+        """Each image's ``k`` top classes (decided on the first ``batch`` outputs, without gradient)
+        and their scores."""
         logits = logits_of(output, batch * (1 + copies))
         if self.k > logits.shape[1]:
             raise TargetError(f"top({self.k}) but the model has {logits.shape[1]} classes")
@@ -200,6 +205,8 @@ class Segmentation(Target):
     def select(
         self, output: Any, batch: int, copies: int = 0, score: ScoreFn | None = None
     ) -> Selection:
+        """The sum of the class's logits over the mask (or the pixels predicted as the class), per
+        image."""
         logits = primary_output(output)
         total = batch * (1 + copies)
         if logits.ndim < 3 or logits.shape[0] != total:
@@ -261,6 +268,7 @@ class Similarity(Target):
     def select(
         self, output: Any, batch: int, copies: int = 0, score: ScoreFn | None = None
     ) -> Selection:
+        """The cosine similarity of each image's embedding with the reference; class ids -1."""
         emb = primary_output(output)
         total = batch * (1 + copies)
         if emb.shape[0] != total:
@@ -336,6 +344,8 @@ class Detections(Target):
     def select(
         self, output: Any, batch: int, copies: int = 0, score: ScoreFn | None = None
     ) -> Selection:
+        """One target per detected (or given and matched) box: its class score, label and box,
+        padded to T per image."""
         if not is_detections(output) or len(output) != batch:
             raise UnsupportedModelError(
                 f"detections() needs a torchvision detector's output (a list of {batch} dicts "

@@ -173,16 +173,16 @@ def grid(
     row i and method column j (e.g. "star 0.98"). With ``heatmaps=True`` every method gets the
     tutorial's pair of columns, heatmap | overlay.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    # A bare Figure (no pyplot): drawn with Agg whatever the session's backend, which is left
+    # alone (a notebook's inline figures keep working after a grid).
+    from matplotlib.figure import Figure
 
     n = images.shape[0]
     names = list(columns)
     per = 2 if heatmaps else 1
     ncols = 1 + per * len(names)
-    fig, axes = plt.subplots(n, ncols, figsize=(1.9 * ncols, 2.0 * n + 0.3), squeeze=False)
+    fig = Figure(figsize=(1.9 * ncols, 2.0 * n + 0.3))
+    axes = fig.subplots(n, ncols, squeeze=False)
     for i in range(n):
         axes[i, 0].imshow(denormalize(images[i], preset, mean, std))
         axes[i, 0].set_title("image" if i == 0 else "", fontsize=9)
@@ -205,7 +205,6 @@ def grid(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 

@@ -227,6 +227,7 @@ def write_overlays(
 
 
 def config_dict(config: JobConfig) -> dict[str, Any]:
+    """The job's parameters as a JSON-ready dict (as stored in the manifest)."""
     d = asdict(config)
     d["methods"] = list(config.methods)
     return d

@@ -60,6 +60,7 @@ class ShardWriter:
                 self.error = exc
 
     def put(self, shard: int, pending: _Pending, draws: list[Any]) -> None:
+        """Queue a finished shard for the writer thread (raises the thread's failure, if any)."""
         if self.error is not None:
             raise self.error
         self.queue.put((shard, pending, draws))

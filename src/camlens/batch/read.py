@@ -37,6 +37,7 @@ class BatchOutput:
 
     @property
     def complete(self) -> bool:
+        """Whether every shard of the job has been written."""
         return len(self.files) == self.manifest.get("shards", -1)
 
     def table(self, columns: list[str] | None = None) -> Any:

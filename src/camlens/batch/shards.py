@@ -97,6 +97,7 @@ def schema() -> Any:
 
 
 def shard_name(shard: int) -> str:
+    """The file name of shard ``index``."""
     return f"shard-{shard:05d}.parquet"
 
 
@@ -230,6 +231,7 @@ def weights_sha256(model: nn.Module) -> str:
 
 
 def read_manifest(out: Path) -> dict[str, Any] | None:
+    """The job's manifest.json, or None when OUT has none."""
     path = out / MANIFEST
     if not path.is_file():
         return None
@@ -240,6 +242,7 @@ def read_manifest(out: Path) -> dict[str, Any] | None:
 
 
 def write_manifest(out: Path, manifest: dict[str, Any]) -> None:
+    """Write manifest.json atomically."""
     _atomic_write_bytes(out / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
 
 
@@ -272,6 +275,7 @@ def check_job(out: Path, job: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def versions() -> dict[str, str]:
+    """The versions of Python, torch, torchvision and camlens, for the manifest."""
     import platform
 
     import camlens
@@ -293,4 +297,5 @@ def versions() -> dict[str, str]:
 def errors_rows(
     errors: Iterable[tuple[int, str]], items: Sequence[str]
 ) -> list[tuple[int, str, str]]:
+    """The rows of errors.csv (index, source, error)."""
     return [(i, items[i], why) for i, why in errors]

@@ -52,6 +52,7 @@ class ShapesCNN(nn.Module):
         self.fc = nn.Linear(96, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
+        """(B, 3, H, W) images in [0, 1] -> (B, 6) logits."""
         return self.fc(self.pool(self.features(x)).flatten(1))
 
 

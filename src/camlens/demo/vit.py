@@ -54,6 +54,7 @@ class PatchEmbed(nn.Module):
         self.num_patches = self.grid_size[0] * self.grid_size[1]
 
     def forward(self, x: Tensor) -> Tensor:
+        """(B, 3, H, W) -> (B, N, dim) patch tokens."""
         return self.proj(self.backbone(x)).flatten(2).transpose(1, 2)
 
 
@@ -76,6 +77,7 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: Tensor) -> Tensor:
+        """(B, N, dim) -> (B, N, dim): multi-head self-attention (fused SDPA)."""
         B, N, C = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
@@ -93,6 +95,7 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: Tensor) -> Tensor:
+        """(B, N, dim) -> (B, N, dim)."""
         return self.fc2(self.act(self.fc1(x)))
 
 
@@ -107,6 +110,7 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x: Tensor) -> Tensor:
+        """(B, N, dim) -> (B, N, dim): pre-norm attention and MLP, each with a residual."""
         x = x + self.attn(self.norm1(x))
         return x + self.mlp(self.norm2(x))
 
@@ -170,6 +174,7 @@ class ShapesViT(nn.Module):
         return [p for p in self.parameters() if id(p) not in frozen]
 
     def forward(self, x: Tensor) -> Tensor:
+        """(B, 3, H, W) images in [0, 1] -> (B, 6) logits from the class token."""
         tokens = _check_tokens(self.patch_embed(x), self.patch_embed.num_patches)
         cls = self.cls_token.expand(tokens.shape[0], -1, -1)
         z = torch.cat([cls, tokens], dim=1) + self.pos_embed
