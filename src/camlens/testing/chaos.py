@@ -28,6 +28,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,6 +214,11 @@ def _zygote() -> int:
     torch.set_num_threads(1)
     import tempfile
 
+    import tqdm
+    import tqdm.auto
+
+    tqdm.tqdm.monitor_interval = 0  # no monitor thread in the zygote (forks copy no threads)
+
     import pyarrow.parquet  # noqa: F401
     import torchvision.transforms.functional  # noqa: F401
 
@@ -234,6 +240,12 @@ def _zygote() -> int:
         if pid == 0:
             code = 1
             try:
+                # tqdm's lock is a multiprocessing semaphore shared by every fork: a sibling
+                # SIGKILLed while holding it would block this child forever. Each child gets a
+                # lock of its own.
+                lock = threading.RLock()
+                for cls in {tqdm.std.tqdm, tqdm.auto.tqdm}:
+                    cls.set_lock(lock)
                 fd = os.open(request["err"], os.O_WRONLY | os.O_TRUNC)
                 os.dup2(fd, 2)
                 os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
