@@ -107,10 +107,24 @@ def _unique_stems(paths: Sequence[Path]) -> list[str]:
     return stems
 
 
+def _load_noted(path: Path) -> object:
+    """:func:`camlens.io.load_image`, with its caveat (first frame of an animation) printed as
+    one ``camlens: note:`` line instead of a Python warning."""
+    import warnings
+
+    from camlens.io import InputWarning, load_image
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", InputWarning)
+        img = load_image(path)
+    for w in caught:
+        print(f"camlens: note: {w.message}", file=sys.stderr)
+    return img
+
+
 def _cmd_explain(args: argparse.Namespace) -> int:
     import camlens
     from camlens.errors import CamlensError
-    from camlens.io import load_image
     from camlens.models import build_model
     from camlens.viz import overlay, save_raw
 
@@ -126,7 +140,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     loaded, paths = [], []
     for path in map(Path, args.images):
         try:
-            loaded.append(load_image(path))
+            loaded.append(_load_noted(path))
             paths.append(path)
         except CamlensError as exc:
             _fail(str(exc))
@@ -283,7 +297,34 @@ def _device(name: str) -> torch.device:
     return check_device(name)
 
 
+def _interrupt_on_sigterm() -> object:
+    """SIGTERM (what ``kill``, systemd and schedulers send) ends a batch job like Ctrl-C: the
+    complete shards are written, the one being filled is dropped, no temporary file stays.
+    Returns the previous handler (None where signals cannot be set, off the main thread)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
 def _cmd_batch(args: argparse.Namespace) -> int:
+    import signal
+
+    previous = _interrupt_on_sigterm()
+    try:
+        return _run_batch(args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)  # type: ignore[arg-type]
+
+
+def _run_batch(args: argparse.Namespace) -> int:
     import camlens.batch
 
     _warn_random_weights(args)
@@ -373,6 +414,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                 mean=spec.mean,
                 std=spec.std,
                 interpolation=spec.interpolation,
+                on_skip=lambda line: print(f"camlens: warning: {line}", file=sys.stderr),
             )
     except (CamlensError, ValueError) as exc:
         _fail(str(exc))

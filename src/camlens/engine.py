@@ -34,6 +34,7 @@ from camlens.layers import (
     resolve_layers,
 )
 from camlens.layouts import Layout, LayoutSpec, detector_transform, infer_layout, primary_output
+from camlens.precision import as_caller, autocast_state, float32_maths
 from camlens.probe import Probe
 from camlens.registry import MethodInfo, get_method
 from camlens.runners import run_layer_probe, run_model_level
@@ -379,11 +380,13 @@ class Explainer:
                 "or a saturated target)",
                 stacklevel=4,
             )
+        # Half-precision models and autocast: the formulas run in float32 (see precision.py).
+        caller = autocast_state(images.device.type)
         for i, (name, _) in enumerate(self._layers):
             layout = layouts[i]
             spatial = layout.to_spatial
             act = spatial(acts[i].detach()).float()
-            with torch.no_grad():
+            with torch.no_grad(), float32_maths(images.device.type):
                 if info.inputs == "grads" and copies:  # SmoothGrad-style average of raw maps
                     noisy_raw = info.fn(act[batch:], spatial(grads[i][batch:]).float(), **options)
                     raw = noisy_raw.view(batch, copies, *noisy_raw.shape[1:]).mean(dim=1)
@@ -414,7 +417,7 @@ class Explainer:
                     if multi:
                         raw = raw.repeat_interleave(T, dim=0)
                 else:  # input_probe
-                    raw = self._input_probe(images, act, ids, scores, name, options)
+                    raw = self._input_probe(images, act, ids, scores, name, options, caller)
             if multi:
                 raw = raw.view(batch, T, *raw.shape[1:])
             raws.append(raw)
@@ -422,12 +425,20 @@ class Explainer:
         return self._explanation(images, raws, ids[:batch], scores[:batch], logits, sel.extras)
 
     def _input_probe(
-        self, images: Tensor, act: Tensor, ids: Tensor, scores: Tensor, name: str, options: dict
+        self,
+        images: Tensor,
+        act: Tensor,
+        ids: Tensor,
+        scores: Tensor,
+        name: str,
+        options: dict,
+        caller: tuple[bool, Any] = (False, None),
     ) -> Tensor:
         """Score-CAM family: every masked image is scored once for all T targets."""
         info = self.method
+        run = as_caller(lambda x, _owner: self.model(x), images.device.type, caller)
         probe = Probe(
-            lambda x, _owner: self.model(x),
+            run,
             images,
             act,
             ids,

@@ -90,6 +90,14 @@ def shapes_data(n: int, instances: int = 1, seed: int = 2027, size: int = 96) ->
     return EvalData(images, labels, masks, torch.ones(n, dtype=torch.bool), desc)
 
 
+def _warn(message: str) -> None:
+    import warnings
+
+    from camlens.io import InputWarning
+
+    warnings.warn(message, InputWarning, stacklevel=3)
+
+
 def folder_data(
     folder: Path,
     size: int,
@@ -100,16 +108,22 @@ def folder_data(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     interpolation: str = "bilinear",
+    on_skip: Callable[[str], None] | None = None,
 ) -> EvalData:
     """Every image in ``folder`` (sorted), with ``folder/masks/<stem>.png`` as the mask where it
     exists (non-zero = object), cropped and resized like the image.
 
+    An unreadable image (or mask) is left out with one line passed to ``on_skip`` (default: an
+    :class:`camlens.io.InputWarning`), as is a note such as "first frame of an animated GIF";
+    :class:`InputError` only when no image at all can be read.
+
     Images are prepared with :func:`camlens.io.preprocess` (``mean``/``std``, when given, take
     the place of the preset, e.g. a timm or Hugging Face model's own statistics)."""
-    import torchvision.transforms.functional as TF
-    from PIL import Image
+    import warnings
 
-    from camlens.io import load_image, preprocess
+    import torchvision.transforms.functional as TF
+
+    from camlens.io import InputWarning, load_image, preprocess, read_image
 
     exts = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
     if not folder.is_dir():
@@ -117,8 +131,22 @@ def folder_data(
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in exts and p.is_file())
     if not files:
         raise InputError(f"{folder}: no images ({', '.join(sorted(exts))}) in this folder")
+    loaded, kept = [], []
+    for p in files:
+        try:
+            with warnings.catch_warnings(record=True) as notes:
+                warnings.simplefilter("always", InputWarning)
+                loaded.append(load_image(p))
+            kept.append(p)
+            for note in notes:
+                (on_skip or _warn)(f"note: {note.message}")
+        except InputError as exc:  # one line per unreadable file; the others are evaluated
+            (on_skip or _warn)(f"{exc} (skipped)")
+    if not loaded:
+        raise InputError(f"{folder}: none of the {len(files)} image files could be read")
+    files = kept
     images = preprocess(
-        [load_image(p) for p in files],
+        loaded,
         size,
         resize,
         preset,
@@ -132,8 +160,12 @@ def folder_data(
         mask_file = folder / masks_dir / f"{p.stem}.png"
         if not mask_file.is_file():
             continue
-        with Image.open(mask_file) as m:
-            t = TF.pil_to_tensor(m.convert("L"))
+        try:
+            mask_img, _ = read_image(mask_file)
+        except InputError as exc:
+            (on_skip or _warn)(f"{exc} (mask skipped)")
+            continue
+        t = TF.pil_to_tensor(mask_img.convert("L"))
         if resize is None:
             t = TF.resize(t, [size, size], TF.InterpolationMode.NEAREST)
         else:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,17 +20,166 @@ class CheckpointError(CamlensError, ValueError):
     """A weights file could not be read or does not fit the model."""
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Open an image file as RGB; unreadable or non-image files raise :class:`InputError`."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
+#: The most pixels (width x height) camlens decodes from one file, checked from the header
+#: before any pixel is decoded: 64 Mpx (e.g. 8192 x 8192) cost about 1 GiB at peak in
+#: :func:`preprocess` (float32 before the resize). ``load_image(..., max_pixels=N)`` overrides it
+#: per call; the web app uses its own, smaller limit.
+MAX_PIXELS = 64 * 1024 * 1024
+#: What transparent pixels are composited over (white, as a page shows them).
+BACKGROUND = (255, 255, 255)
+
+
+class InputWarning(UserWarning):
+    """A file was read, with a caveat worth saying (e.g. only the first frame of an animation)."""
+
+
+def _describe_os_error(name: str, exc: OSError) -> str:
+    import errno
+
+    reasons = {
+        errno.ENOENT: "no such file (it may have been moved or deleted)",
+        errno.ELOOP: "a symbolic link loop, not an image file",
+        errno.EISDIR: "a directory, not an image file",
+        errno.EACCES: "permission denied",
+        errno.ENAMETOOLONG: "the file name is too long",
+    }
+    return f"{name}: {reasons.get(exc.errno or 0, exc.strerror or type(exc).__name__)}"
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB: 16-bit and float grey scaled (not clipped) to 8 bits,
+    transparency composited over :data:`BACKGROUND`, CMYK / palette / grey converted."""
+    import numpy as np
+
+    mode = img.mode
+    if mode.startswith("I;16") or mode == "I":
+        arr = np.asarray(img).astype(np.float64)
+        peak = float(arr.max()) if arr.size else 0.0
+        if mode.startswith("I;16") or peak > 255:
+            arr = arr / 257.0  # the 16-bit range onto the 8-bit one (65535 -> 255)
+        return Image.fromarray(np.clip(arr.round(), 0, 255).astype(np.uint8)).convert("RGB")
+    if mode == "F":
+        arr = np.asarray(img).astype(np.float64)
+        finite = arr[np.isfinite(arr)]
+        scale = 255.0 if finite.size and float(finite.max()) <= 1.0 else 1.0
+        arr = np.nan_to_num(arr * scale, nan=0.0, posinf=255.0, neginf=0.0)
+        return Image.fromarray(np.clip(arr.round(), 0, 255).astype(np.uint8)).convert("RGB")
+    has_alpha = mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info
+    if has_alpha:
+        rgba = img.convert("RGBA")
+        back = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
+        return Image.alpha_composite(back, rgba).convert("RGB")
+    return img if mode == "RGB" else img.convert("RGB")
+
+
+def read_image(
+    source: str | Path | bytes,
+    *,
+    max_pixels: int | None = None,
+    formats: Sequence[str] | None = None,
+    name: str | None = None,
+) -> tuple[Image.Image, str | None]:
+    """A file (a path, or its bytes) -> (8-bit RGB image in its displayed orientation, note).
+
+    The one decoder every entry point uses (``explain``, ``batch``, ``evaluate``, the app):
+
+    - the pixel count is checked from the header, before any pixel is decoded, against
+      ``max_pixels`` (default :data:`MAX_PIXELS`), so a header claiming 100k x 100k pixels is
+      refused without allocating them;
+    - the EXIF orientation is applied (a phone photo is explained as it is displayed);
+    - an animation (GIF, WebP, APNG) or a multi-page TIFF gives its first frame, and ``note``
+      says so (``note`` is None otherwise);
+    - 16-bit and float grey are scaled to 8 bits, transparency is composited over
+      :data:`BACKGROUND`, CMYK and palette images are converted to RGB;
+    - ``formats``: the PIL format names to try (None: any).
+
+    Every failure (missing, empty, a directory, a symlink loop, truncated, wrong magic bytes,
+    too many pixels, a decoder error) raises :class:`InputError` with one line naming the file.
+    """
+    import io as _io
+
+    limit = MAX_PIXELS if max_pixels is None else int(max_pixels)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        label = name or "the file"
+        stream: Any = _io.BytesIO(bytes(source))
+        size = len(stream.getbuffer())
+    else:
+        label = name or str(source)
+        try:
+            info = os.stat(source)
+            if not stat.S_ISREG(info.st_mode):  # a directory, a FIFO (reading it would hang)
+                what = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+                raise InputError(f"{label}: {what}, not an image file")
+            stream = open(source, "rb")  # closed by the with below
+            size = os.fstat(stream.fileno()).st_size
+        except OSError as exc:
+            raise InputError(_describe_os_error(label, exc)) from None
+    with stream:
+        if size == 0:
+            raise InputError(f"{label}: an empty file (0 bytes), not an image")
+        return _decode(stream, label, limit, formats)
+
+
+def _decode(
+    stream: Any, label: str, limit: int, formats: Sequence[str] | None
+) -> tuple[Image.Image, str | None]:
+    import warnings
+
+    from PIL import ImageOps
+
+    note = None
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(stream, formats=list(formats) if formats else None)
+        with img:
+            w, h = img.size
+            if w * h > limit:
+                raise InputError(
+                    f"{label}: the image is {w} x {h} = {w * h} pixels; the limit is {limit} "
+                    "(camlens.io.MAX_PIXELS): downscale it first"
+                )
+            frames = int(getattr(img, "n_frames", 1) or 1)
+            if frames > 1:
+                img.seek(0)
+                note = f"{label}: {img.format} with {frames} frames; explaining the first"
             img.load()
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise InputError(f"{path}: not a readable image ({type(exc).__name__})") from None
+            shown = ImageOps.exif_transpose(img) or img
+            return _to_rgb(shown), note
+    except InputError:
+        raise
+    except Image.DecompressionBombError:
+        raise InputError(
+            f"{label}: the header claims more pixels than any photo has (over "
+            f"{2 * (Image.MAX_IMAGE_PIXELS or 0)}); the limit is {limit} (camlens.io.MAX_PIXELS)"
+        ) from None
+    except UnidentifiedImageError:
+        kinds = ", ".join(formats) if formats else "PNG, JPEG, GIF, BMP, WebP, TIFF, ..."
+        raise InputError(
+            f"{label}: not a readable image (unknown or wrong magic bytes); expected {kinds}"
+        ) from None
+    except MemoryError:
+        raise InputError(f"{label}: not enough memory to decode this image") from None
+    except Exception as exc:  # truncated data, corrupt chunks, decoder errors of any kind
+        why = str(exc).splitlines()[0][:120] if str(exc) else ""
+        raise InputError(
+            f"{label}: not a readable image ({type(exc).__name__}{': ' + why if why else ''})"
+        ) from None
+
+
+def load_image(path: str | Path, *, max_pixels: int | None = None) -> Image.Image:
+    """Open an image file as RGB (see :func:`read_image`); failures raise :class:`InputError`.
+
+    A caveat (the first frame of an animation) is issued as an :class:`InputWarning` and kept
+    in ``image.info["camlens.note"]``.
+    """
+    import warnings
+
+    img, note = read_image(path, max_pixels=max_pixels)
+    if note:
+        img.info["camlens.note"] = note
+        warnings.warn(note, InputWarning, stacklevel=2)
+    return img
 
 
 def preprocess(

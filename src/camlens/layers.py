@@ -351,7 +351,7 @@ def find_gap_linear_head(
     call must have produced the logits from exactly the spatial mean of ``acts``. Raises
     :class:`UnsupportedModelError` otherwise (VGG, MobileNetV3, ConvNeXt: use Grad-CAM).
     """
-    pooled = acts.mean(dim=tuple(range(2, acts.ndim)))
+    pooled = acts.float().mean(dim=tuple(range(2, acts.ndim)))
     reasons = []
     for call in reversed(calls):
         if call.output.shape != logits.shape or not _close(call.output, logits):
@@ -373,6 +373,9 @@ def find_gap_linear_head(
 
 
 def _close(a: Tensor, b: Tensor) -> bool:
+    """Equal up to rounding in the coarser of the two dtypes (float16 / bfloat16 models)."""
+    eps = max(torch.finfo(t.dtype).eps if t.is_floating_point() else 0.0 for t in (a, b))
+    rtol = max(1e-4, 4 * eps)
     a, b = a.detach().float(), b.detach().float()
     scale = max(1.0, float(b.abs().max())) if b.numel() else 1.0
-    return bool(torch.allclose(a, b, rtol=1e-4, atol=1e-5 * scale))
+    return bool(torch.allclose(a, b, rtol=rtol, atol=rtol / 10 * scale))

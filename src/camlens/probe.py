@@ -45,6 +45,7 @@ class Probe:
         progress: bool = False,
         seed: int = 0,
         desc: str = "",
+        input_dtype: torch.dtype | None = None,
     ):
         if bool((targets < 0).any()):
             raise TargetError(
@@ -56,6 +57,9 @@ class Probe:
         self.batch_size = max(1, int(batch_size))
         self.progress = progress
         self.desc = desc
+        # what the re-run takes: the images' dtype (or the layer's, for a layer probe); masks
+        # and weights are float32, a half-precision model needs its own dtype back
+        self.input_dtype = input_dtype or images.dtype
         self.generator = torch.Generator(device=images.device).manual_seed(seed)
         self.passes = 0
 
@@ -74,6 +78,8 @@ class Probe:
                 for start in range(0, n, self.batch_size):
                     stop = min(n, start + self.batch_size)
                     inputs, owner = build(start, stop)
+                    if isinstance(inputs, Tensor) and inputs.is_floating_point():
+                        inputs = inputs.to(self.input_dtype)
                     logits = self._run(inputs, owner)
                     try:
                         logits = primary_output(logits)

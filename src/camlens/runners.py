@@ -24,6 +24,7 @@ from camlens.explanation import Explanation
 from camlens.layers import layout_hint_module
 from camlens.layouts import Layout, infer_layout
 from camlens.maps import minmax
+from camlens.precision import as_caller, autocast_state, float32_maths
 from camlens.probe import Probe
 from camlens.suffix import layer_runner
 from camlens.targets import Selection, TargetSpec
@@ -57,8 +58,9 @@ def run_layer_probe(
             owner = torch.arange(batch, device=images.device)
             output = run(act, owner)
             sel = ex._select(target, output, batch, 0)
+            device = images.device.type  # re-runs keep the caller's autocast; formulas float32
             probe = Probe(
-                run,
+                as_caller(run, device, autocast_state(device)),
                 images,
                 act,
                 sel.ids,
@@ -67,8 +69,10 @@ def run_layer_probe(
                 ex.progress,
                 ex.seed,
                 desc=f"{info.name} {name}",
+                input_dtype=act.dtype,
             )
-            raws.append(info.fn(act.float(), probe, **ex._fn_options))
+            with float32_maths(device):
+                raws.append(info.fn(act.float(), probe, **ex._fn_options))
         if first is None:
             first = (sel, output)
     assert first is not None

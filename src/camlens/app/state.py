@@ -31,12 +31,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor, nn
 
 from camlens.engine import Explainer
 from camlens.errors import CamlensError, InputError
-from camlens.io import preprocess
+from camlens.io import preprocess, read_image
 from camlens.layers import find_last_spatial_layer
 from camlens.models import ModelSpec
 from camlens.registry import get_method, methods
@@ -78,6 +78,7 @@ class ImageEntry:
     mask: Tensor | None = None  # (H, W) bool, ground truth where known
     label: int | None = None
     example: bool = False
+    note: str | None = None  # a caveat from decoding (e.g. the first frame of an animation)
 
 
 @dataclass
@@ -126,7 +127,9 @@ def decode_image(data: bytes, limits: Limits) -> Image.Image:
 
     The size in bytes and the pixel count (from the header) are checked before any pixel is
     decoded, so a decompression bomb is refused without being expanded; only the formats in
-    :data:`FORMATS` are tried.
+    :data:`FORMATS` are tried. Decoding is :func:`camlens.io.read_image` (EXIF orientation,
+    first frame of an animation, 16-bit, transparency); a caveat is kept in
+    ``image.info["camlens.note"]``.
     """
     if not data:
         raise InputError("the file is empty; upload a PNG, JPEG, GIF, BMP, WEBP or TIFF image")
@@ -135,21 +138,10 @@ def decode_image(data: bytes, limits: Limits) -> Image.Image:
             f"the file is {len(data) / 2**20:.1f} MiB; the limit is "
             f"{limits.max_bytes / 2**20:.0f} MiB"
         )
-    try:
-        with Image.open(io.BytesIO(data), formats=FORMATS) as img:
-            w, h = img.size
-            if w * h > limits.max_pixels:
-                raise InputError(
-                    f"the image is {w} x {h} = {w * h} pixels; the limit is {limits.max_pixels}"
-                )
-            img.load()
-            return img.convert("RGB")
-    except InputError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        raise InputError(
-            "not a readable image; upload a PNG, JPEG, GIF, BMP, WEBP or TIFF file"
-        ) from None
+    img, note = read_image(data, max_pixels=limits.max_pixels, formats=FORMATS, name="the image")
+    if note:
+        img.info["camlens.note"] = note
+    return img
 
 
 def _mask_like(mask: Tensor, spec: ModelSpec) -> Tensor:
@@ -300,7 +292,9 @@ class AppState:
         """Decode an uploaded file (see :func:`decode_image`) and predict its classes."""
         img = decode_image(data, self.limits)
         clean = "".join(c for c in name if c.isprintable())[:80] or "upload"
-        return self._add(img, clean)
+        entry = self._add(img, clean)
+        entry.note = img.info.get("camlens.note")
+        return entry
 
     def image(self, image_id: str) -> ImageEntry:
         """The stored image with this id, or :class:`InputError`."""
@@ -323,6 +317,7 @@ class AppState:
             "name": entry.name,
             "example": entry.example,
             "has_mask": entry.mask is not None,
+            "note": entry.note,
             "label": None if entry.label is None else self.class_name(entry.label),
             "top": [
                 {"class": int(c), "name": self.class_name(int(c)), "prob": float(p)}

@@ -10,11 +10,17 @@ extra) only by ``engine="ray"``.
 
 from camlens.batch.job import RunSummary, default_workers, run
 from camlens.batch.read import BatchOutput, read
-from camlens.batch.shards import JobMismatchError, MissingDependencyError, decode_map
+from camlens.batch.shards import (
+    DiskFullError,
+    JobMismatchError,
+    MissingDependencyError,
+    decode_map,
+)
 from camlens.batch.sources import Source, resolve
 
 __all__ = [
     "BatchOutput",
+    "DiskFullError",
     "JobMismatchError",
     "MissingDependencyError",
     "RunSummary",

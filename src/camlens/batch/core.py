@@ -204,6 +204,7 @@ def write_overlays(
     """
     from PIL import Image
 
+    from camlens.batch.shards import raise_if_disk_full
     from camlens.viz import overlays
 
     folder = out / "overlays"
@@ -216,8 +217,13 @@ def write_overlays(
         for (index, method, rank, target, _image, _heat), rgb in zip(part, pixels, strict=True):
             path = folder / overlay_name(index, items[index], method, rank, target)
             tmp = folder / f".{path.name}.tmp{os.getpid()}"
-            Image.fromarray(rgb).save(tmp, format="PNG", compress_level=1)
-            os.replace(tmp, path)
+            try:
+                Image.fromarray(rgb).save(tmp, format="PNG", compress_level=1)
+                os.replace(tmp, path)
+            except BaseException as exc:
+                tmp.unlink(missing_ok=True)  # a full disk leaves no partial file behind
+                raise_if_disk_full(exc, path)
+                raise
 
 
 def config_dict(config: JobConfig) -> dict[str, Any]:

@@ -8,6 +8,8 @@ next to the batch and ends up in ``errors.csv``.
 
 from __future__ import annotations
 
+import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -40,10 +42,14 @@ class ImageDataset(Dataset):
         return len(self.items)
 
     def __getitem__(self, i: int) -> tuple[int, Tensor | None, str | None]:
-        from camlens.io import preprocess
+        from camlens.io import InputWarning, preprocess
 
         try:
-            img = load(self.items[i])
+            with warnings.catch_warnings(record=True) as notes:
+                warnings.simplefilter("always", InputWarning)
+                img = load(self.items[i])
+            for note in notes:  # e.g. the first frame of an animated GIF: said, in one line
+                print(f"camlens: note: {note.message}", file=sys.stderr)
             return i, preprocess([img], self.size, self.resize, self.preset)[0], None
         except CamlensError as exc:
             return i, None, str(exc)

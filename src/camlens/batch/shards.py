@@ -21,7 +21,9 @@ beside it, which pandas, pyarrow, DuckDB and Ray read without camlens:
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
+import io
 import json
 import os
 import re
@@ -136,13 +138,45 @@ def rows_to_table(rows: Sequence[dict[str, Any]], method_order: Sequence[str]) -
     return pa.Table.from_pydict(columns, schema=schema())
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+class DiskFullError(CamlensError, OSError):
+    """OUT's filesystem is full: the finished shards are kept, a rerun resumes."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def _replace_atomically(path: Path, write: Any) -> None:
+    """``write(file)`` into a temporary name beside ``path``, fsync, ``os.replace``.
+
+    On any failure the temporary file is removed (a full disk leaves no partial file behind)
+    and a full disk becomes one :class:`DiskFullError`.
+    """
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        raise_if_disk_full(exc, path)
+        raise
+
+
+def raise_if_disk_full(exc: BaseException, path: Path) -> None:
+    """Turn a full disk (ENOSPC, EDQUOT) met while writing ``path`` into :class:`DiskFullError`."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise DiskFullError(
+            errno.ENOSPC,
+            f"no space left on the device holding {path.parent} while writing {path.name}; "
+            "the finished shards are kept: free some space and rerun the same command to "
+            "resume",
+        ) from None
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    _replace_atomically(path, lambda f: f.write(data))
 
 
 def write_shard(
@@ -160,12 +194,7 @@ def write_shard(
     meta = {b"camlens.errors": json.dumps(sorted(errors)).encode(), b"camlens.shard": b"%d" % shard}
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
     path = out / shard_name(shard)
-    tmp = out / f".{path.name}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        pq.write_table(table, f, compression="zstd")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    _replace_atomically(path, lambda f: pq.write_table(table, f, compression="zstd"))
     return path
 
 
@@ -183,12 +212,11 @@ def write_errors_csv(out: Path) -> int:
     for shard in sorted(finished_shards(out)):
         errors.extend(shard_errors(out / shard_name(shard)))
     errors.sort()
-    tmp = out / f".{ERRORS}.tmp{os.getpid()}"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["index", "source", "error"])
-        writer.writerows(errors)
-    os.replace(tmp, out / ERRORS)
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["index", "source", "error"])
+    writer.writerows(errors)
+    _atomic_write_bytes(out / ERRORS, text.getvalue().encode("utf-8", "surrogateescape"))
     return len(errors)
 
 

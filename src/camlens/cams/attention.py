@@ -36,6 +36,7 @@ from torch.overrides import TorchFunctionMode
 
 from camlens.cams.model_based import ModelCall, ModelResult
 from camlens.errors import InputError, UnsupportedModelError
+from camlens.precision import full_precision
 from camlens.registry import register
 
 _SOFTMAXES = {F.softmax, torch.softmax, Tensor.softmax}
@@ -207,6 +208,7 @@ def _check_attentions(attentions: Sequence[Tensor], batch: int) -> int:
     return n
 
 
+@full_precision
 def gae_relevance(attentions: Sequence[Tensor], gradients: Sequence[Tensor]) -> Tensor:
     """Chefer, Gur & Wolf (ICCV 2021), self-attention rules, eqs. (5)-(6).
 
@@ -215,7 +217,7 @@ def gae_relevance(attentions: Sequence[Tensor], gradients: Sequence[Tensor]) -> 
 
     attentions[b], gradients[b]: (..., H, N, N), broadcastable against each other (a leading
     target dimension on the gradients only is fine) -> R: (..., N, N), row i = the relevance of
-    every input token for output token i.
+    every input token for output token i. Computed in float32 whatever the model's precision.
     """
     relevance: Tensor | None = None
     for attn, grad in zip(attentions, gradients, strict=True):
@@ -229,6 +231,7 @@ def gae_relevance(attentions: Sequence[Tensor], gradients: Sequence[Tensor]) -> 
     return relevance
 
 
+@full_precision
 def rollout_relevance(attentions: Sequence[Tensor], residual: float = 0.5) -> Tensor:
     """Attention rollout, Abnar & Zuidema (ACL 2020), Sec. 3, with the residual connection.
 
@@ -236,7 +239,7 @@ def rollout_relevance(attentions: Sequence[Tensor], residual: float = 0.5) -> Te
         R = Ahat_L Ahat_{L-1} ... Ahat_1
 
     rownorm divides each row by its sum (a no-op when the rows of A sum to 1). Class-agnostic.
-    attentions[b]: (..., H, N, N) -> R: (..., N, N).
+    attentions[b]: (..., H, N, N) -> R: (..., N, N), in float32 whatever the model's precision.
     """
     if not 0.0 <= residual <= 1.0:
         raise InputError(f"residual must be in [0, 1], got {residual}")

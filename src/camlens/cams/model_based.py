@@ -18,6 +18,7 @@ from torch.overrides import TorchFunctionMode
 
 from camlens.errors import InputError
 from camlens.maps import upsample
+from camlens.precision import float32_maths
 from camlens.registry import register
 
 
@@ -104,6 +105,10 @@ def _psi(term: Tensor, size: tuple[int, int]) -> Tensor:
     return upsample(summed, size)
 
 
+def _at_least_float32(t: Tensor) -> Tensor:
+    return t.float() if t.is_floating_point() and torch.finfo(t.dtype).bits < 32 else t
+
+
 @register(
     "fullgrad",
     inputs="model",
@@ -154,21 +159,24 @@ def fullgrad(call: ModelCall) -> ModelResult:
         for h in handles:
             h.remove()
     size = (images.shape[-2], images.shape[-1])
-    input_term = (grads[0] * x).detach()
-    total = input_term.flatten(1).sum(dim=1)
-    saliency = _psi(input_term, size)
-    for (_out, bias, linear), g in zip(outs, grads[1:], strict=True):
-        if g is None:
-            continue
-        if linear:
-            term = g * bias  # a Linear's bias is on the last dimension (channels-last if 4-D)
+    with float32_maths(images.device.type):  # a half-precision model: terms summed in float32
+        up = _at_least_float32
+        input_term = (up(grads[0]) * up(x)).detach()
+        total = input_term.flatten(1).sum(dim=1)
+        saliency = _psi(input_term, size)
+        for (_out, bias, linear), g in zip(outs, grads[1:], strict=True):
+            if g is None:
+                continue
+            g, bias = up(g), up(bias.detach())
+            if linear:
+                term = g * bias  # a Linear's bias is on the last dimension (channels-last if 4-D)
+                if term.ndim == 4:
+                    term = term.permute(0, 3, 1, 2)
+            else:
+                term = g * bias.view(1, -1, *([1] * (g.ndim - 2)))
+            total = total + term.flatten(1).sum(dim=1)
             if term.ndim == 4:
-                term = term.permute(0, 3, 1, 2)
-        else:
-            term = g * bias.view(1, -1, *([1] * (g.ndim - 2)))
-        total = total + term.flatten(1).sum(dim=1)
-        if term.ndim == 4:
-            saliency = saliency + _psi(term, size)
+                saliency = saliency + _psi(term, size)
     return ModelResult(
         raw={"input": saliency},
         maps=None,

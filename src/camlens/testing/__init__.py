@@ -1,0 +1,1 @@
+"""Tools for testing camlens and the pipelines built on it."""
