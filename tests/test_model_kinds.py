@@ -343,7 +343,7 @@ def test_detector_maps_line_up_with_the_image_despite_padding() -> None:
     assert explainer._frame == ((64, 96), (64, 80))
     raw = torch.zeros(1, 16, 24)  # the padded 64 x 96 frame at stride 4
     raw[0, :, 19] = 1.0  # the last feature column over the image: pixels 76..79 of 80
-    framed = explainer._framed(raw)
+    framed = camlens.display.framed(raw, explainer._frame)
     assert framed.shape == (1, 64, 80)
     assert float(framed[0, :, :70].max()) == 0.0 and float(framed[0, :, 76:].min()) > 0.4
     assert ex.maps.shape[-2:] == (64, 80)

@@ -11,207 +11,32 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from camlens import cams as _cams  # noqa: F401  (registers the methods)
-from camlens.errors import (
-    GradientUnavailableError,
-    InputError,
-    LayerError,
-    TargetError,
-)
+from camlens.capture import Capture, check_images, noisy_copies, preserved_model
+from camlens.display import display_maps, framed, logits_or_none
+from camlens.errors import GradientUnavailableError, InputError, LayerError, TargetError
 from camlens.explanation import Explanation
-from camlens.fusion import fuse_layers
+from camlens.gradients import diagonal_derivatives, gradients
 from camlens.layers import (
     LayerSpec,
-    LinearCall,
     find_default_layer,
     find_gap_linear_head,
     layout_hint_module,
     resolve_layers,
 )
-from camlens.layouts import (
-    Layout,
-    LayoutSpec,
-    detector_frame,
-    detector_transform,
-    infer_layout,
-    primary_or_none,
-    primary_output,
-)
-from camlens.maps import minmax, to_heatmap, upsample
+from camlens.layouts import Layout, LayoutSpec, detector_transform, infer_layout, primary_output
 from camlens.probe import Probe
 from camlens.registry import MethodInfo, get_method
-from camlens.suffix import layer_runner
+from camlens.runners import run_layer_probe, run_model_level
 from camlens.targets import Selection, Target, TargetSpec, select_scores
 
-
-@contextmanager
-def preserved_model(model: nn.Module) -> Iterator[None]:
-    """Put ``model`` in eval mode for the call and give it back exactly as it came.
-
-    Restores every module's ``training`` flag (mixed modes too) and every parameter's
-    ``requires_grad``, also when the body raises.
-    """
-    training = [(m, m.training) for m in model.modules()]
-    requires = [(p, p.requires_grad) for p in model.parameters()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, flag in training:
-            module.training = flag
-        for param, flag in requires:
-            if param.requires_grad != flag:
-                param.requires_grad_(flag)
-
-
-class _Capture:
-    """Forward hooks that record the activations of the target layers.
-
-    With ``track_grads`` the first hook to fire makes its output a leaf that requires grad and
-    switches autograd on for the rest of the forward. Each hook hands a clone downstream, so
-    that an in-place op after the layer (VGG's ReLU(inplace=True), DenseNet's F.relu_) cannot
-    change the captured activation: it is the layer's true output. A layer may output a tensor
-    of any layout (feature maps, channels-last maps, tokens, volumes) or a tuple whose first
-    element is one (as some transformer blocks do); :mod:`camlens.layouts` reads it afterwards.
-
-    With ``grids`` the hooks also note, for each target layer, the spatial shape of the last
-    convolution output before it (a transformer's patch embedding: the token grid), and for
-    torchvision detectors the size of the resized, padded images the backbone sees.
-    """
-
-    def __init__(
-        self,
-        layers: list[tuple[str, nn.Module]],
-        track_grads: bool,
-        linears: list[tuple[str, nn.Module]],
-        model: nn.Module | None = None,
-        grids: bool = True,
-    ):
-        self.layers = layers
-        self._grids = grids
-        self.track_grads = track_grads
-        self.acts: dict[str, Tensor] = {}
-        self.calls: dict[str, int] = {}
-        self.grid_at: dict[str, tuple[int, ...] | None] = {}
-        self.frame: tuple[tuple[int, ...], tuple[int, ...]] | None = None  # (padded, resized)
-        self.linears: list[LinearCall] = []
-        self._linears = linears
-        self._model = model
-        self._grid: tuple[int, ...] | None = None
-        self._handles: list[Any] = []
-
-    def _hook(self, name: str):
-        def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
-            rest: tuple = ()
-            if isinstance(output, tuple) and output and isinstance(output[0], Tensor):
-                output, rest = output[0], tuple(output[1:])
-            if not isinstance(output, Tensor) or output.ndim < 3:
-                shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
-                raise LayerError(
-                    f"layer {name!r} outputs {shape}, not a feature map, channels-last map or "
-                    "tokens; pick a convolutional layer, block or transformer norm, or pass "
-                    "layer=None to use the automatic one"
-                )
-            self.calls[name] = self.calls.get(name, 0) + 1
-            self.grid_at[name] = self._grid
-            if self.track_grads:
-                if not output.requires_grad:
-                    torch.set_grad_enabled(True)
-                    output = output.detach().requires_grad_(True)
-                self.acts[name] = output
-            else:
-                self.acts[name] = output.detach()
-            out = output.clone()
-            return (out, *rest) if rest else out
-
-        return hook
-
-    def _linear_hook(self, name: str):
-        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-            if inputs and isinstance(inputs[0], Tensor) and isinstance(output, Tensor):
-                self.linears.append(LinearCall(name, module, inputs[0].detach(), output.detach()))
-
-        return hook
-
-    def _grid_hook(self, _module: nn.Module, _inputs: Any, output: Any) -> None:
-        if isinstance(output, Tensor) and output.ndim >= 3:
-            self._grid = tuple(output.shape[2:])
-
-    def _frame_hook(self, _module: nn.Module, _inputs: Any, output: Any) -> None:
-        self.frame = detector_frame(output) or self.frame
-
-    def __enter__(self) -> _Capture:
-        try:
-            for name, module in self.layers:
-                self._handles.append(module.register_forward_hook(self._hook(name)))
-            for name, module in self._linears:
-                self._handles.append(module.register_forward_hook(self._linear_hook(name)))
-            if self._model is not None:
-                for module in self._model.modules() if self._grids else []:
-                    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-                        self._handles.append(module.register_forward_hook(self._grid_hook))
-                transform = detector_transform(self._model)
-                if transform is not None:
-                    self._handles.append(transform.register_forward_hook(self._frame_hook))
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-
-
-def _check_images(model: nn.Module, images: Any) -> tuple[Tensor, Any]:
-    """(images as one (B, C, *spatial) tensor, what the model is called with).
-
-    A tensor is both. A list of (C, H, W) images of one size (torchvision detectors' input) is
-    stacked for the maps and passed to the model as the list.
-    """
-    given = images
-    if isinstance(images, (list, tuple)) and images and all(isinstance(i, Tensor) for i in images):
-        sizes = {tuple(i.shape) for i in images}
-        if len(sizes) != 1:
-            raise InputError(
-                f"a list of images must hold images of one size, got sizes {sorted(sizes)}; "
-                "resize them first or explain them one at a time"
-            )
-        images = torch.stack(list(images))
-    if not isinstance(images, Tensor):
-        raise InputError(
-            f"images must be a torch.Tensor of shape (B, C, H, W) (or (B, C, D, H, W) for "
-            f"volumes and video), or a list of (C, H, W) tensors, got {type(images).__name__}; "
-            "load and preprocess them first (camlens.io.load_image, camlens.io.preprocess)"
-        )
-    if images.ndim not in (4, 5):
-        hint = " (add a batch dimension: images.unsqueeze(0))" if images.ndim == 3 else ""
-        raise InputError(
-            f"images must be 4-D (B, C, H, W) or, for volumes and video, 5-D (B, C, D, H, W); "
-            f"got shape {tuple(images.shape)}{hint}"
-        )
-    if not images.is_floating_point():
-        raise InputError(
-            f"images must be a float tensor (preprocessed), got dtype {images.dtype}; "
-            "convert with images.float() / 255 and normalise as the model expects"
-        )
-    if images.shape[0] == 0:
-        raise InputError("images is an empty batch (B=0)")
-    param = next(model.parameters(), None)
-    if param is not None and param.device != images.device:
-        raise InputError(
-            f"images are on {images.device} but the model is on {param.device}; "
-            f"move them with images.to('{param.device}')"
-        )
-    return images, (given if isinstance(given, (list, tuple)) else images)
+__all__ = ["Explainer", "explain", "preserved_model"]
 
 
 def _option_names(fn: Callable[..., Any]) -> set[str]:
@@ -221,15 +46,6 @@ def _option_names(fn: Callable[..., Any]) -> set[str]:
         for name, p in inspect.signature(fn).parameters.items()
         if p.default is not inspect.Parameter.empty
     }
-
-
-def _noisy_copies(images: Tensor, samples: int, std: float, gen: torch.Generator) -> Tensor:
-    """``samples`` copies of each image plus N(0, sigma^2), sigma = std * (max - min) of that
-    image (SmoothGrad's convention); image-major order: (B * samples, C, H, W)."""
-    span = (images.flatten(1).amax(1) - images.flatten(1).amin(1)).view(-1, *[1] * images.ndim)
-    rep = images[:, None].expand(-1, samples, *images.shape[1:])
-    noise = torch.randn(rep.shape, generator=gen, device=images.device, dtype=images.dtype)
-    return (rep + noise * std * span).reshape(-1, *images.shape[1:])
 
 
 class Explainer:
@@ -334,7 +150,7 @@ class Explainer:
         (B, T) scores. With T targets per image, maps are (B, T, *spatial).
         """
         model, info = self.model, self.method
-        images, model_input = _check_images(model, images)
+        images, model_input = check_images(model, images)
         if (info.needs_grads or info.inputs == "model") and torch.is_inference_mode_enabled():
             raise GradientUnavailableError(
                 f"{info.name!r} needs gradients, which torch.inference_mode() forbids; call "
@@ -363,9 +179,9 @@ class Explainer:
                 if sel.scores.ndim == 2:
                     return self._per_target(images, model_input, target, sel)
             if info.inputs == "model":
-                return self._run_model_level(images, model_input, target)
+                return run_model_level(self, images, model_input, target)
             if info.inputs == "layer_probe":
-                return self._run_layer_probe(images, model_input, target)
+                return run_layer_probe(self, images, model_input, target)
             return self._run(images, model_input, target)
 
     # -- several targets per image --
@@ -397,9 +213,9 @@ class Explainer:
         for t in range(sel.scores.shape[1]):
             column = _Column(target, t)
             if self.method.inputs == "model":
-                runs.append(self._run_model_level(images, model_input, column))
+                runs.append(run_model_level(self, images, model_input, column))
             elif self.method.inputs == "layer_probe":
-                runs.append(self._run_layer_probe(images, model_input, column))
+                runs.append(run_layer_probe(self, images, model_input, column))
             else:
                 runs.append(self._run(images, model_input, column))
         first = runs[0]
@@ -418,7 +234,7 @@ class Explainer:
 
     def _forward(
         self, batch: Tensor, model_input: Any, track_grads: bool, linears: bool
-    ) -> tuple[Any, _Capture]:
+    ) -> tuple[Any, Capture]:
         model = self.model
         heads = (
             [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
@@ -431,7 +247,7 @@ class Explainer:
         grids = detector_transform(model) is not None or not all(
             (name, inputs) in known for name, _ in self._layers
         )
-        capture = _Capture(
+        capture = Capture(
             self._layers, track_grads=track_grads, linears=heads, model=model, grids=grids
         )
         with capture, torch.no_grad():
@@ -451,7 +267,7 @@ class Explainer:
         return output, capture
 
     def _layout_of(
-        self, name: str, module: nn.Module, act: Tensor, capture: _Capture, images: Tensor
+        self, name: str, module: nn.Module, act: Tensor, capture: Capture, images: Tensor
     ) -> Layout:
         inputs = capture.frame[0] if capture.frame else tuple(images.shape[2:])
         key = (name, tuple(act.shape[1:]), inputs)
@@ -481,7 +297,7 @@ class Explainer:
         if info.inputs == "grad_samples" or self.smooth:
             copies = self._fn_options.get("samples", 8) if not self.smooth else self.smooth
             gen = torch.Generator(device=images.device).manual_seed(self.seed)
-            noisy = _noisy_copies(images, copies, self.smooth_std, gen)
+            noisy = noisy_copies(images, copies, self.smooth_std, gen)
             forward_batch = model_input = torch.cat([images, noisy])
         output, capture = self._forward(
             forward_batch,
@@ -502,9 +318,9 @@ class Explainer:
         options = {k: v for k, v in self._fn_options.items() if k != "samples"}
         raws: list[Tensor] = []
         if info.needs_grads and self.exact:
-            grads, d2s, d3s = self._diagonal_derivatives(scores, acts)
+            grads, d2s, d3s = diagonal_derivatives(scores, acts, self.layers, self.exact_chunk)
         elif info.needs_grads:
-            grads, hvps = self._gradients(scores, acts, hessian=info.inputs == "grads_hvp")
+            grads, hvps = gradients(scores, acts, self.layers, hessian=info.inputs == "grads_hvp")
         if info.needs_grads and not any(bool(g.any()) for g in grads):
             warnings.warn(
                 f"the gradient of the target score with respect to layer(s) {self.layers} is zero "
@@ -552,7 +368,7 @@ class Explainer:
             if multi:
                 raw = raw.view(batch, T, *raw.shape[1:])
             raws.append(raw)
-        logits = _logits_or_none(output, batch)
+        logits = logits_or_none(output, batch)
         return self._explanation(images, raws, ids[:batch], scores[:batch], logits, sel.extras)
 
     def _input_probe(
@@ -575,236 +391,13 @@ class Explainer:
         return raw if ids.ndim == 1 else raw.reshape(-1, *raw.shape[2:])
 
     def _class_weights(
-        self, act: Tensor, output: Any, ids: Tensor, capture: _Capture, name: str
+        self, act: Tensor, output: Any, ids: Tensor, capture: Capture, name: str
     ) -> Tensor:
         if bool(ids.lt(0).any()):
             raise TargetError("CAM explains a class of a classifier: pass class ids as target")
         logits = primary_output(output)
         weight = find_gap_linear_head(act, logits, capture.linears, name)
         return weight.detach()[ids].float()
-
-    def _score_gradients(
-        self, scores: Tensor, acts: list[Tensor], create_graph: bool
-    ) -> tuple[Tensor, ...]:
-        """dS/dA for every layer, with a clear error when S does not depend on one of them.
-        Call under ``torch.enable_grad()`` (the caller may be under ``torch.no_grad()``).
-
-        For scores (N, T) (several targets per image) the gradient of each column comes from
-        one batched backward (``is_grads_batched``): grads (T, N, ...)."""
-        if not scores.requires_grad:
-            raise TargetError(
-                "the target score does not depend on the explained layer(s) "
-                f"{self.layers}; pick a layer before the output that the score is computed from"
-            )
-        if scores.ndim == 2:
-            T = scores.shape[1]
-            eye = torch.eye(T, device=scores.device, dtype=scores.dtype)
-            grad_outputs = eye[:, None, :].expand(T, scores.shape[0], T)
-            grads = torch.autograd.grad(
-                scores, acts, grad_outputs=grad_outputs, is_grads_batched=True, allow_unused=True
-            )
-        else:
-            grads = torch.autograd.grad(
-                scores.sum(), acts, allow_unused=True, create_graph=create_graph
-            )
-        missing = [name for (name, _), g in zip(self._layers, grads, strict=True) if g is None]
-        if missing:
-            raise TargetError(
-                f"the target score does not depend on layer(s) {missing}; pick layers on "
-                "the path from the input to the explained output"
-            )
-        return grads
-
-    def _gradients(
-        self, scores: Tensor, acts: list[Tensor], hessian: bool = False
-    ) -> tuple[list[Tensor], list[Tensor]]:
-        with torch.enable_grad():
-            grads = self._score_gradients(scores, acts, create_graph=hessian)
-            hvps: list[Tensor] = []
-            if hessian:  # H A = d/dA (g . A) with A held constant in the product
-                dot = sum((g * a.detach()).sum() for g, a in zip(grads, acts, strict=True))
-                if dot.requires_grad:
-                    hvps = [
-                        h if h is not None else torch.zeros_like(a)
-                        for h, a in zip(
-                            torch.autograd.grad(dot, acts, allow_unused=True), acts, strict=True
-                        )
-                    ]
-                else:  # piecewise-linear head: the Hessian is zero
-                    hvps = [torch.zeros_like(a) for a in acts]
-        return [g.detach() for g in grads], hvps
-
-    def _diagonal_derivatives(
-        self, scores: Tensor, acts: list[Tensor]
-    ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
-        """g = dS/dA and the exact diagonal d2 = d^2S/dA_i^2, d3 = d^3S/dA_i^3 per element.
-
-        For a chunk of element indices i, one-hot tensors E_i (the same index in every image:
-        images are independent, so one pass serves the batch) give, by batched double backward
-        (``is_grads_batched``), the Hessian columns H E_i, whose i-th entries are d2; a second
-        batched backward of E_i . (H E_i) gives d(d2_i)/dA, whose i-th entries are d3.
-        Costs 2 * (elements / exact_chunk) backward passes through the network after the layer.
-        """
-        grads_out, d2s, d3s = [], [], []
-        with torch.enable_grad():
-            grads = self._score_gradients(scores, acts, create_graph=True)
-            for act, g in zip(acts, grads, strict=True):
-                d2 = torch.zeros_like(act)
-                d3 = torch.zeros_like(act)
-                if g.requires_grad:  # else S is linear in A: d2 = d3 = 0
-                    n = act[0].numel()
-                    flat2, flat3 = d2.view(act.shape[0], n), d3.view(act.shape[0], n)
-                    for start in range(0, n, self.exact_chunk):
-                        idx = torch.arange(
-                            start, min(n, start + self.exact_chunk), device=act.device
-                        )
-                        eye = torch.zeros(len(idx), *act.shape, device=act.device, dtype=act.dtype)
-                        eye.view(len(idx), act.shape[0], n)[torch.arange(len(idx)), :, idx] = 1
-                        (hcol,) = torch.autograd.grad(
-                            g,
-                            act,
-                            grad_outputs=eye,
-                            is_grads_batched=True,
-                            retain_graph=True,
-                            create_graph=True,
-                            allow_unused=True,
-                        )
-                        if hcol is None:
-                            continue
-                        hflat = hcol.reshape(len(idx), act.shape[0], n)
-                        flat2[:, idx] = hflat[torch.arange(len(idx)), :, idx].T.detach()
-                        if hcol.requires_grad:
-                            # d2_i summed over the batch (images are independent), one per i
-                            diag = (hcol * eye).reshape(len(idx), -1).sum(dim=1)
-                            pick = torch.eye(len(idx), device=act.device, dtype=diag.dtype)
-                            (tcol,) = torch.autograd.grad(
-                                diag,
-                                act,
-                                grad_outputs=pick,
-                                is_grads_batched=True,
-                                retain_graph=True,
-                                allow_unused=True,
-                            )
-                            if tcol is not None:
-                                tflat = tcol.reshape(len(idx), act.shape[0], n)
-                                flat3[:, idx] = tflat[torch.arange(len(idx)), :, idx].T.detach()
-                grads_out.append(g.detach())
-                d2s.append(d2.float())
-                d3s.append(d3.float())
-        return grads_out, d2s, d3s
-
-    # -- gradient-free methods that re-run the part of the network after the layer --
-
-    def _run_layer_probe(self, images: Tensor, model_input: Any, target: TargetSpec) -> Explanation:
-        info, batch = self.method, images.shape[0]
-        if isinstance(model_input, (list, tuple)):
-            raise InputError(f"{info.name} re-runs the network after the layer; pass a tensor")
-        raws: list[Tensor] = []
-        first: tuple[Selection, Any] | None = None
-        for name, module in self._layers:
-            with torch.no_grad():
-                act, run = layer_runner(self.model, name, module, images)
-                if not isinstance(act, Tensor) or act.ndim != images.ndim:
-                    shape = tuple(act.shape) if isinstance(act, Tensor) else type(act).__name__
-                    raise LayerError(
-                        f"{info.name} zeroes channels of a channels-first feature map, but layer "
-                        f"{name!r} outputs {shape}; use a CNN layer, or gradcam / scorecam / "
-                        "layercam, which read any layout"
-                    )
-                # a callable layout is the user's word for this map; else decide it as _run does
-                layout = (
-                    Layout("custom", fn=self.layout_spec)
-                    if callable(self.layout_spec)
-                    else infer_layout(
-                        name,
-                        tuple(act.shape),
-                        tuple(images.shape[2:]),
-                        layout_hint_module(self.model, name, module),
-                        spec=self.layout_spec,
-                    )
-                )
-                if layout.kind not in ("channels_first", "custom"):
-                    raise LayerError(
-                        f"{info.name} zeroes channels of a channels-first feature map, but layer "
-                        f"{name!r} is {layout.name}; use gradcam / scorecam / layercam here"
-                    )
-                owner = torch.arange(batch, device=images.device)
-                output = run(act, owner)
-                sel = self._select(target, output, batch, 0)
-                probe = Probe(
-                    run,
-                    images,
-                    act,
-                    sel.ids,
-                    sel.scores,
-                    self.batch_size,
-                    self.progress,
-                    self.seed,
-                    desc=f"{info.name} {name}",
-                )
-                raws.append(info.fn(act.float(), probe, **self._fn_options))
-            if first is None:
-                first = (sel, output)
-        assert first is not None
-        sel, output = first
-        logits = _logits_or_none(output, batch)
-        return self._explanation(images, raws, sel.ids, sel.scores, logits, sel.extras)
-
-    # -- methods defined on the whole network (FullGrad, Guided Grad-CAM, attention methods) --
-
-    def _token_layout(self, images: Tensor, model_input: Any) -> Layout | None:
-        """The token layout of the first explained layer, when it holds tokens (one no-grad
-        forward the first time; attention methods map token relevance to the patch grid)."""
-        name, module = self._layers[0]
-        known = self.layout(name)
-        if known is None:
-            _, capture = self._forward(images, model_input, track_grads=False, linears=False)
-            known = self._layout_of(name, module, capture.acts[name], capture, images)
-        return known if known.kind == "tokens" else None
-
-    def _run_model_level(self, images: Tensor, model_input: Any, target: TargetSpec) -> Explanation:
-        from camlens.cams.model_based import ModelCall
-
-        batch = images.shape[0]
-        tokens = self._token_layout(images, model_input) if self.method.uses_tokens else None
-        call = ModelCall(
-            model=self.model,
-            images=images,
-            target=target,
-            score=lambda out: _pair(self._select(target, out, batch, 0)),
-            layers=self._layers,
-            explain=lambda method, layers: Explainer(
-                self.model, method, [m for _, m in layers], layout=self.layout_spec
-            )(model_input, target),
-            to_grid=None if tokens is None else tokens.tokens_to_grid,
-            num_prefix=0 if tokens is None else tokens.prefix,
-        )
-        result = self.method.fn(call, **self._fn_options)
-        if result.maps is not None:
-            maps = minmax(result.maps)
-        else:  # model-level raw maps always go through the fusion's scaling, as before
-            maps = _display_maps(list(result.raw.values()), tuple(images.shape[2:]), fuse_one=True)
-        return Explanation(
-            maps=maps,
-            raw=result.raw,
-            targets=result.class_ids,
-            scores=result.scores,
-            layers=list(result.raw),
-            method=self.method.name,
-            extras=result.extras,
-        )
-
-    def _framed(self, raw: Tensor) -> Tensor:
-        """A detector's feature map covers the resized image plus its padding to a multiple of
-        32: upsample the positive map to the padded size and keep the resized image's pixels,
-        so that it lines up with the input after the final resize. raw: (N, *s)."""
-        if self._frame is None:
-            return raw
-        padded, resized = self._frame
-        if len(padded) != raw.ndim - 1 or any(r > p for r, p in zip(resized, padded, strict=True)):
-            return raw
-        full = upsample(raw.clamp(min=0), padded)
-        return full[(slice(None), *(slice(0, r) for r in resized))]
 
     def _explanation(
         self,
@@ -816,7 +409,7 @@ class Explainer:
         extras: dict[str, Tensor] | None = None,
     ) -> Explanation:
         with torch.no_grad():
-            maps = _display_maps(raws, tuple(images.shape[2:]), self._framed)
+            maps = display_maps(raws, tuple(images.shape[2:]), lambda raw: framed(raw, self._frame))
         return Explanation(
             maps=maps,
             raw={name: raw for (name, _), raw in zip(self._layers, raws, strict=True)},
@@ -827,27 +420,6 @@ class Explainer:
             logits=logits.detach() if isinstance(logits, Tensor) else None,
             extras=dict(extras or {}),
         )
-
-
-def _display_maps(
-    raws: list[Tensor],
-    size: tuple[int, ...],
-    prepare: Callable[[Tensor], Tensor] | None = None,
-    fuse_one: bool = False,
-) -> Tensor:
-    """Raw maps (B, *s) or (B, T, *s), one per layer -> displayed maps (B[, T], *size) in [0, 1]:
-    ReLU, upsampling and min-max for one layer, LayerCAM's fusion for several (or always, with
-    ``fuse_one``). ``prepare`` maps each (N, *s) raw first (a detector's frame crop)."""
-    nd = len(size)
-    lead = raws[0].shape[: raws[0].ndim - nd]  # (B,) or (B, T)
-    flat = [r.reshape(-1, *r.shape[-nd:]) for r in raws]
-    if prepare is not None:
-        flat = [prepare(r) for r in flat]
-    if len(flat) == 1 and not fuse_one:
-        maps = to_heatmap(flat[0], size)
-    else:
-        maps = minmax(fuse_layers(flat, size))
-    return maps.view(*lead, *size)
 
 
 class _Column(Target):
@@ -861,16 +433,6 @@ class _Column(Target):
         if sel.scores.ndim == 1:
             return sel
         return Selection(sel.scores[:, self.t], sel.ids[:, self.t], sel.extras)
-
-
-def _pair(sel: Selection) -> tuple[Tensor, Tensor]:
-    return sel.scores, sel.ids
-
-
-def _logits_or_none(output: Any, batch: int) -> Tensor | None:
-    """The (B, classes) logits of a classifier's output (for Explanation.logits), else None."""
-    out = primary_or_none(output)
-    return out[:batch] if out is not None and out.ndim == 2 else None
 
 
 def explain(

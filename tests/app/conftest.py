@@ -16,10 +16,12 @@ from camlens.models import build_model
 
 @pytest.fixture(scope="module")
 def state() -> Iterator[AppState]:
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     st = AppState(build_model("demo"), batch_size=16)
     yield st
     st.close()
+    torch.set_num_threads(threads)  # later tests run with the thread count they started with
 
 
 def png_bytes(seed: int = 0, size: int = 96) -> bytes:

@@ -20,6 +20,7 @@ from camlens.batch.sources import load
 from camlens.demo import load_model
 from camlens.errors import InputError, MethodNotFoundError
 from camlens.io import preprocess
+from tests.batch.conftest import assert_same_rows
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
@@ -76,11 +77,13 @@ def test_unreadable_files_go_to_errors_csv_and_the_rest_is_explained(tmp_path, p
     assert out.complete and len(out) == 6
     assert [e["source"].rsplit("/", 1)[1] for e in out.errors] == ["broken.png"]
     assert "not a readable image" in out.errors[0]["error"]
-    # The same pixels from files as from shapes:6 give the same maps.
+    # The same pixels from files as from shapes:6 give the same maps. The broken file cuts
+    # the folder's batches differently ([2], [3], [1] against [3], [3]), so the maps agree
+    # within float rounding, not bit for bit (CPU kernels may differ with the batch size).
     _run("shapes:6", tmp_path / "s", shard_size=3)
-    a = out.table(["map", "target"])
-    b = camlens.batch.read(tmp_path / "s").table(["map", "target"])
-    assert a.equals(b)
+    a = out.table(["map", "map_shape", "target", "score"])
+    b = camlens.batch.read(tmp_path / "s").table(["map", "map_shape", "target", "score"])
+    assert_same_rows(a, b)
     # The same job spelled differently (a trailing slash) is the same job: it resumes.
     again = _run(f"{png_folder}/", tmp_path / "o", shard_size=3)
     assert (again.skipped, again.written) == (3, 0)

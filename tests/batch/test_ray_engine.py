@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 import camlens.batch
+from tests.batch.conftest import assert_same_rows
 
 ray = pytest.importorskip("ray")
 
@@ -27,13 +28,19 @@ def test_ray_output_equals_local_and_resumes_across_engines(tmp_path, local_ray)
     a = camlens.batch.read(tmp_path / "local")
     b = camlens.batch.read(tmp_path / "ray")
     assert len(b) == 24 * 2 * 2
-    assert b.table().equals(a.table())
+    # other batch cuts (8 against 64) and Ray's one thread per actor: equal within float
+    # rounding; rows, ids, targets and sources exactly
+    assert_same_rows(b.table(), a.table())
     assert b.manifest["job"] == a.manifest["job"] and b.manifest["runs"][0]["engine"] == "ray"
     # A shard lost from the local output is redone by Ray; the rest is skipped.
     (tmp_path / "local" / "shard-00001.parquet").unlink()
     again = camlens.batch.run("shapes:24", tmp_path / "local", "demo", engine="ray", **kw)
     assert (again.skipped, again.written) == (2, 1)
-    assert camlens.batch.read(tmp_path / "local").table().equals(b.table())
+    resumed = camlens.batch.read(tmp_path / "local").table()
+    assert_same_rows(resumed, b.table())
+    # the shards the local engine wrote and Ray skipped are untouched, bit for bit
+    assert resumed.slice(0, 40).equals(a.table().slice(0, 40))
+    assert resumed.slice(80).equals(a.table().slice(80))
 
 
 @pytest.mark.slow
