@@ -41,4 +41,17 @@ check "scorecam constant channels scored 0" src/camlens/cams/score.py \
 check "eigengradcam computed as eigencam" src/camlens/cams/eigen.py \
   'return first_component_projection(grads * acts)' 'return first_component_projection(acts)' \
   tests/cams
+check "multi-layer fusion replaced by the last layer" src/camlens/display.py \
+  'maps = minmax(fuse_layers(flat, size))' 'maps = to_heatmap(flat[-1], size)' tests/test_engine.py
+check "token grid: the patch embedding's grid ignored" src/camlens/layouts.py \
+  '    if patch_grid:' '    if False:' tests/test_layouts.py tests/test_layouts_units.py \
+  tests/test_model_kinds.py
+check "at most 15 prefix tokens" src/camlens/layouts.py 'MAX_PREFIX = 16' 'MAX_PREFIX = 15' \
+  tests/test_layouts.py tests/test_layouts_units.py tests/test_model_kinds.py
+check "gradcam++ resolving to gradcam" src/camlens/registry.py 'key.replace("++", "pp")' \
+  'key.replace("++", "")' tests/test_registry.py
+check "the app's cancel a no-op" src/camlens/app/state.py \
+  '"""Ask a job to stop; it stops before its next forward pass."""' \
+  '"""Ask a job to stop; it stops before its next forward pass."""
+        return self.job(job_id)' tests/app/test_server.py
 exit $status

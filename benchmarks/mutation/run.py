@@ -47,10 +47,21 @@ class Target:
 MODULES: dict[str, Target] = {
     "cams": Target(("src/camlens/cams/*",), ("tests/cams", "tests/test_peers.py")),
     "layouts": Target(
-        ("src/camlens/layouts.py",), ("tests/test_layouts.py", "tests/test_model_kinds.py")
+        ("src/camlens/layouts.py",),
+        ("tests/test_layouts.py", "tests/test_layouts_units.py", "tests/test_model_kinds.py"),
     ),
     "targets": Target(("src/camlens/targets.py",), ("tests/test_targets.py",)),
-    "engine": Target(("src/camlens/engine.py",), ("tests/test_engine.py",)),
+    # the engine and the rooms it was split into (capture, gradients, runners, display)
+    "engine": Target(
+        (
+            "src/camlens/engine.py",
+            "src/camlens/capture.py",
+            "src/camlens/gradients.py",
+            "src/camlens/runners.py",
+            "src/camlens/display.py",
+        ),
+        ("tests/test_engine.py", "tests/test_errors.py"),
+    ),
     "metrics": Target(("src/camlens/metrics/*",), ("tests/metrics",)),
 }
 
@@ -148,6 +159,7 @@ def score(counts: dict[str, int]) -> float:
 
 
 def survivors(here: Path, env: dict[str, str]) -> list[str]:
+    """``name: status`` of every mutant that was not killed."""
     out = subprocess.run(
         [sys.executable, "-m", "mutmut", "results"],
         cwd=here,
@@ -159,6 +171,16 @@ def survivors(here: Path, env: dict[str, str]) -> list[str]:
     return [line.strip() for line in out.splitlines() if line.strip()]
 
 
+def refresh_tests(here: Path) -> None:
+    """Replace the scratch copy's tests by the checkout's (after triage added tests)."""
+    shutil.rmtree(here / "tests")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis", ".pytest_cache")
+    shutil.copytree(ROOT / "tests", here / "tests", ignore=ignore)
+    if (here / "mutants" / "tests").exists():
+        shutil.rmtree(here / "mutants" / "tests")
+        shutil.copytree(ROOT / "tests", here / "mutants" / "tests", ignore=ignore)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("modules", nargs="*", help=f"some of {', '.join(MODULES)}")
@@ -167,6 +189,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--survivors", action="store_true", help="list the surviving mutants")
     parser.add_argument(
         "--min-score", type=float, default=0.0, help="exit 1 when a module scores below this"
+    )
+    parser.add_argument(
+        "--rerun",
+        action="store_true",
+        help="keep the scratch copy and its results, take the checkout's tests again and re-run "
+        "only the mutants that were not killed (after triage added tests)",
     )
     args = parser.parse_args(argv)
     names = args.modules or list(MODULES)
@@ -177,22 +205,29 @@ def main(argv: list[str] | None = None) -> int:
     env.setdefault("OMP_NUM_THREADS", "1")
     report: dict[str, dict] = {}
     for name in names:
-        here = prepare(name, MODULES[name], args.workdir)
-        start = time.perf_counter()
         cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", str(args.jobs)]
-        proc = subprocess.run(cmd, cwd=here, env=env, capture_output=True, text=True, check=False)
+        here = args.workdir / name
+        if args.rerun and (here / "mutants").exists():
+            refresh_tests(here)
+            cmd += [line.split(":")[0] for line in survivors(here, env)]
+        else:
+            here = prepare(name, MODULES[name], args.workdir)
+        start = time.perf_counter()
+        log = here / "mutmut.log"
+        with log.open("w") as out:
+            proc = subprocess.run(cmd, cwd=here, env=env, stdout=out, stderr=out, check=False)
         seconds = time.perf_counter() - start
-        (here / "mutmut.log").write_text(proc.stdout + proc.stderr)
         if proc.returncode != 0:
-            print(f"{name}: mutmut failed (exit {proc.returncode}), see {here / 'mutmut.log'}")
-            print((proc.stdout + proc.stderr)[-3000:])
+            print(f"{name}: mutmut failed (exit {proc.returncode}), see {log}")
+            print(log.read_text()[-3000:])
             return 2
         files = summarise(here)
         total: dict[str, int] = {}
         for counts in files.values():
             for status, n in counts.items():
                 total[status] = total.get(status, 0) + n
-        report[name] = {"seconds": round(seconds, 1), "total": total, "files": files}
+        mode = "rerun" if len(cmd) > 5 else "full"  # survivors named: only they ran
+        report[name] = {"mode": mode, "seconds": round(seconds, 1), "total": total, "files": files}
         report[name]["score"] = round(score(total), 1)
         (here / "summary.json").write_text(json.dumps(report[name], indent=2))
         print(f"\n== {name}: score {score(total):.1f} %  {total}  ({seconds:.0f} s)")
