@@ -131,7 +131,10 @@ def prepare(name: str, target: Target, workdir: Path) -> Path:
         f"pytest_add_cli_args_test_selection = {_toml_list(target.tests)}\n"
         'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "--no-header", "-x", '
         '"-o", "addopts="]\n'
-        'process_isolation = "forkserver"\n'
+        # fork each mutant's worker from mutmut's process, which has torch and the tests loaded:
+        # ~5x faster here than a fork server that starts pytest for each mutant; torch on CPU
+        # forks safely with OMP_NUM_THREADS=1 (set below)
+        'process_isolation = "fork"\n'
         "use_git_change_detection = false\n"
     )
     (here / "pyproject.toml").write_text(config)
@@ -209,6 +212,11 @@ def main(argv: list[str] | None = None) -> int:
         here = args.workdir / name
         if args.rerun and (here / "mutants").exists():
             refresh_tests(here)
+            config = here / "pyproject.toml"
+            config.write_text(config.read_text().replace('"forkserver"', '"fork"'))
+            # first the mutants not checked yet, then (below) the survivors with the new tests
+            with (here / "mutmut.log").open("a") as out:
+                subprocess.run(cmd, cwd=here, env=env, stdout=out, stderr=out, check=False)
             cmd += [line.split(":")[0] for line in survivors(here, env)]
         else:
             here = prepare(name, MODULES[name], args.workdir)
