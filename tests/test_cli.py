@@ -224,4 +224,16 @@ def test_evaluate_a_folder_with_some_masks(tmp_path, shape_files, capsys) -> Non
     assert main(argv) == 0
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert "2 images, 1 with masks" in results["data"]
-    assert results["methods"]["layercam"]["pointing_game"] in (0.0, 1.0)  # one mask: 0 or 1
+    # One mask: the pointing game is 0 or 1; recompute which, and IoU, from the same data.
+    import camlens
+    from camlens.evaluate import folder_data
+    from camlens.metrics import iou, pointing_game
+    from camlens.models import build_model
+
+    spec = build_model("demo")
+    data = folder_data(folder, spec.size, spec.resize, spec.preset, mean=spec.mean, std=spec.std)
+    ex = camlens.explain(spec.model, data.images, "layercam")  # the predicted classes
+    m, masks = ex.maps[data.has_mask], data.masks[data.has_mask]
+    row = results["methods"]["layercam"]
+    assert row["pointing_game"] == pytest.approx(float(pointing_game(m, masks).mean()))
+    assert row["iou"] == pytest.approx(float(iou(m, masks).mean()), abs=1e-6)
