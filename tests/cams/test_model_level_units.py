@@ -104,3 +104,61 @@ def test_functional_mha_dropout_and_causal_are_refused_with_their_reason() -> No
         "causal nn.MultiheadAttention is not supported by attention capture; the attention "
         "methods are for encoders (ViT) with full self-attention"
     )
+
+
+class ChannelsLastNet(nn.Module):
+    """conv (bias) -> ReLU -> a Linear over channels-last (B, h, w, C) with a bias -> ReLU ->
+    GAP -> Linear; plus a biased branch whose output is not used (no gradient reaches it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.unused = nn.Conv2d(3, 2, 1)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.mix = nn.Linear(4, 5)
+        self.fc = nn.Linear(5, 3)
+
+    def forward(self, x):
+        self.unused(x)
+        a = torch.relu(self.conv(x))
+        b = torch.relu(self.mix(a.permute(0, 2, 3, 1)))  # (B, h, w, 5)
+        return self.fc(b.mean(dim=(1, 2)))
+
+
+def test_fullgrad_by_hand_on_non_square_images_with_a_channels_last_linear() -> None:
+    import camlens
+
+    model = ChannelsLastNet().eval()
+    x = torch.randn(2, 3, 6, 10)
+    target = torch.tensor([0, 2])
+    ex = camlens.explain(model, x, method="fullgrad", target=target)
+    # the reference: gradients of the score w.r.t. the input and every biased output
+    xg = x.clone().requires_grad_(True)
+    z_conv = model.conv(xg)
+    z_mix = model.mix(torch.relu(z_conv).permute(0, 2, 3, 1))
+    z_fc = model.fc(torch.relu(z_mix).mean(dim=(1, 2)))
+    score = z_fc.gather(1, target[:, None]).sum()
+    g_x, g_conv, g_mix, g_fc = torch.autograd.grad(score, [xg, z_conv, z_mix, z_fc])
+    conv_term = g_conv * model.conv.bias.detach().view(1, -1, 1, 1)
+    mix_term = (g_mix * model.mix.bias.detach()).permute(0, 3, 1, 2)
+    expected = _psi(g_x * x, (6, 10)) + _psi(conv_term, (6, 10)) + _psi(mix_term, (6, 10))
+    assert ex.raw["input"].shape == (2, 6, 10)
+    assert torch.allclose(ex.raw["input"], expected, atol=1e-5)
+    total = sum(t.flatten(1).sum(1) for t in (g_x * x, conv_term, mix_term))
+    total = total + (g_fc * model.fc.bias.detach()).sum(1)
+    assert torch.allclose(ex.extras["completeness"][:, 0], total.detach(), atol=1e-5)
+
+
+def test_fullgrad_refuses_volumes_naming_the_methods_that_work() -> None:
+    import camlens
+    from camlens.cams.model_based import ModelCall, fullgrad
+    from camlens.errors import InputError
+
+    call = ModelCall(nn.Identity(), torch.zeros(1, 1, 2, 4, 4), 0, lambda o: (o, o), [])
+    with pytest.raises(InputError) as err:
+        fullgrad(call)
+    assert str(err.value) == (
+        "fullgrad is defined here for images (B, C, H, W), got (1, 1, 2, 4, 4); for volumes "
+        "use gradcam, gradcampp, layercam, hirescam, xgradcam, cam or scorecam"
+    )
+    assert camlens.method_info("fullgrad").inputs == "model"

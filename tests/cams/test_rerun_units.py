@@ -184,3 +184,60 @@ def test_reciprocam_by_loops(dtype: torch.dtype, batch_size: int) -> None:
     assert got.dtype == torch.float32
     assert torch.allclose(got, expected, atol=1e-6)
     assert run.items == 3 * 16
+
+
+def test_informative_channels_are_decided_per_image_and_channel_relatively() -> None:
+    from camlens.cams.score import _informative
+
+    acts = torch.zeros(2, 3, 2, 2)
+    acts[0, 0] = torch.tensor([[1.0, 2.0], [1.5, 1.0]])  # range 1, max 2: 1 > 0.5 * 2? no
+    acts[0, 1] = torch.tensor([[1.0, 2.5], [1.5, 1.0]])  # range 1.5 > 0.5 * 2.5
+    acts[0, 2] = 3.0  # constant
+    acts[1, 0] = torch.tensor([[-4.0, -1.0], [-2.0, -3.0]])  # range 3 > 0.5 * 4
+    acts[1, 1] = torch.tensor([[-4.0, -2.0], [-2.0, -3.0]])  # range 2 = 0.5 * 4: not >
+    acts[1, 2] = torch.tensor([[0.0, 0.0], [0.0, 1e-30]])  # tiny but not constant
+    got = _informative(acts, rel_eps=0.5)
+    assert got.tolist() == [[False, True, False], [True, False, True]]
+    assert _informative(acts).tolist() == [[True, True, False], [True, True, True]]
+
+
+def test_several_targets_per_image_equal_one_call_per_target() -> None:
+    """(B, T) targets: each masked image is scored once for all T classes; the maps (B, T, h, w)
+    equal T separate calls, constant channels included."""
+    acts = signed_acts()
+    both = torch.stack([TARGETS, torch.tensor([1, 0, 2])], dim=1)  # (3, 2)
+    for method, kw in ((scorecam, {}), (iscam, {"steps": 2}), (sscam, {"samples": 2})):
+        many = method(acts, input_probe(acts, 4, both), **kw)
+        assert many.shape == (3, 2, 4, 4)
+        for t in range(2):
+            one = method(acts, input_probe(acts, 4, both[:, t].contiguous()), **kw)
+            assert torch.allclose(many[:, t], one, atol=1e-6), (method.__name__, t)
+
+
+def test_sscam_activation_noise_by_loops_scores_constant_channels_too() -> None:
+    """SS-CAM(1): C_k = mean_n S(X * minmax(upsample(A^k) + e_n)); noise makes a constant
+    channel informative, so it is scored like the others (not with the black image)."""
+    acts = signed_acts()[1:2]  # channel 1 is constant
+    probe = input_probe(acts, 64, TARGETS[1:2])
+    gen = torch.Generator().manual_seed(0)
+    x = probe.images[0]
+    noise = torch.randn((6, 8, 8), generator=gen) * 0.5
+    scores = torch.empty(3)
+    for k in range(3):
+        up = upsample(acts[0, k][None], (8, 8))[0]
+        total = sum(score_of(x * minmax((up + noise[2 * k + s])[None])[0], 2) for s in range(2))
+        scores[k] = total / 2
+    expected = sum(scores.softmax(0)[k] * acts[0, k] for k in range(3))
+    got = sscam(acts, probe, samples=2, sigma=0.5)
+    assert torch.allclose(got[0], expected, atol=1e-5)
+
+
+def test_paper_defaults() -> None:
+    """SS-CAM: N = 10 samples, sigma = 2, noise on the activation; IS-CAM: N = 10 steps."""
+    import inspect
+
+    ss = inspect.signature(sscam).parameters
+    assert (ss["samples"].default, ss["sigma"].default) == (10, 2.0)
+    assert ss["noise_on"].default == "activation"
+    assert inspect.signature(iscam).parameters["steps"].default == 10
+    assert inspect.signature(ablationcam).parameters["eps"].default == 1e-7
