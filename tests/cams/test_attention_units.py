@@ -166,3 +166,103 @@ def test_to_grid_without_a_layout() -> None:
             f"cannot place 10 tokens ({prefix} prefix tokens) on a patch grid: the token layout "
             "is unknown; the engine passes ModelCall.to_grid for transformers it recognises"
         )
+
+
+# -- what AttentionCapture records, however the attention is called ----------------------------
+
+
+def test_capture_records_sdpa_of_any_rank_with_its_batch() -> None:
+    from camlens.cams.attention import AttentionCapture
+
+    gen = torch.Generator().manual_seed(0)
+    q4 = torch.randn(2, 3, 4, 5, generator=gen)
+    q3 = torch.randn(6, 4, 5, generator=gen)
+    q2 = torch.randn(4, 5, generator=gen)
+    with torch.no_grad(), AttentionCapture() as cap:
+        outs = [F.scaled_dot_product_attention(q, q, q) for q in (q4, q3, q2)]
+    for q, out in zip((q4, q3, q2), outs, strict=True):
+        assert torch.allclose(out, F.scaled_dot_product_attention(q, q, q), atol=1e-6)
+    assert cap.shapes == [(2, -1, 4, 4), (6, -1, 4, 4), (1, -1, 4, 4)]
+    assert cap.sources == ["sdpa"] * 3
+    assert [tuple(a.shape) for a in cap.attentions()] == [(2, 3, 4, 4), (6, 1, 4, 4), (1, 1, 4, 4)]
+
+
+def test_capture_records_softmax_over_the_last_dim_of_4d_tensors_only() -> None:
+    from camlens.cams.attention import AttentionCapture
+
+    x = torch.randn(2, 3, 4, 4)
+    with AttentionCapture() as cap:
+        kept = [
+            torch.softmax(x, -1),
+            torch.softmax(x, 3),
+            x.softmax(dim=-1),
+            F.softmax(x, dim=3),
+            F.softmax(x, -1),
+        ]
+        torch.softmax(x, 2)  # over queries: not attention probabilities
+        F.softmax(x, dim=1)
+        torch.softmax(x[0], -1)  # 3-D
+        torch.softmax(x.flatten(2), dim=-1)
+    assert len(cap.tensors) == 5 and cap.sources == ["softmax"] * 5
+    assert all(t is k for t, k in zip(cap.tensors, kept, strict=True))
+
+
+def test_capture_refuses_dropout_on_recorded_attention_only_in_training() -> None:
+    from camlens.cams.attention import AttentionCapture
+
+    x = torch.randn(2, 3, 4, 4)
+    message = (
+        "attention dropout is active (p={}); attention weights under dropout are random. Put "
+        "the model in eval mode (camlens.explain does)"
+    )
+    with AttentionCapture():
+        probs = torch.softmax(x, -1)
+        for call, p in (
+            (lambda: torch.dropout(probs, 0.2, True), 0.2),
+            (lambda: F.dropout(probs, 0.3), 0.3),  # F.dropout trains by default
+            (lambda: F.dropout(probs, p=0.4, training=True), 0.4),
+        ):
+            with pytest.raises(UnsupportedModelError) as err:
+                call()
+            assert str(err.value) == message.format(p)
+        assert torch.equal(torch.dropout(probs, 0.2, False), probs)  # eval
+        assert torch.equal(F.dropout(probs, 0.5, training=False), probs)
+        assert torch.equal(torch.dropout(probs, 0.0, True), probs)  # p = 0
+        torch.dropout(x, 0.5, True)  # not an attention map: not ours to refuse
+
+
+def test_attention_methods_with_frozen_parameters_unused_layers_and_float64() -> None:
+    """The attention enters the graph even when every parameter is frozen; an attention map
+    that does not reach the score gets a zero gradient; float64 models stay float64; (B, T)
+    targets are seeded with one-hot rows of the scores' dtype."""
+    from camlens.cams.attention import gae
+    from tests.cams.test_attention import TinyAttention, grid_of, picker
+
+    class WithDeadAttention(TinyAttention):
+        def forward(self, x):
+            t = self.tokens(x)[:, None]
+            F.scaled_dot_product_attention(t, t, t)  # computed, never used
+            return super().forward(x)
+
+    x = torch.rand(2, 3, 2, 2, dtype=torch.float64)
+    ids = torch.tensor([1, 3])
+    model = TinyAttention()
+    ref = gae(ModelCall(model, x, ids, picker(ids), [], to_grid=grid_of(2, 1), num_prefix=1))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    frozen = gae(ModelCall(model, x, ids, picker(ids), [], to_grid=grid_of(2, 1), num_prefix=1))
+    assert torch.allclose(frozen.raw["attention"], ref.raw["attention"])
+    assert frozen.raw["attention"].dtype == torch.float64
+    dead = WithDeadAttention()
+    got = gae(ModelCall(dead, x, ids, picker(ids), [], to_grid=grid_of(2, 1), num_prefix=1))
+    assert torch.allclose(got.raw["attention"], ref.raw["attention"])
+    both = torch.stack([ids, ids.flip(0)], 1)
+    many = gae(ModelCall(dead, x, both, picker(both), [], to_grid=grid_of(2, 1), num_prefix=1))
+    assert torch.allclose(many.raw["attention"][:, 0], ref.raw["attention"])
+
+    def cube(out):
+        return out[:, :, None], ids
+
+    with pytest.raises(InputError) as err:
+        gae(ModelCall(model, x, ids, cube, [], to_grid=grid_of(2, 1), num_prefix=1))
+    assert str(err.value) == "scores must be (B,) or (B, T), got (2, 4, 1)"
