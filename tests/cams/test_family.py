@@ -281,6 +281,11 @@ def test_guided_gradcam_does_not_touch_modules() -> None:
     assert ggc.shape == (1, 3, 32, 32)
     cam = camlens.explain(model, x, method="gradcam", target=2)
     assert torch.allclose(ggc, ex.extras["guided_backprop"] * cam.maps[:, None])
+    from camlens.maps import minmax
+
+    assert torch.allclose(ex.maps, minmax(ggc.abs().sum(dim=1)), atol=1e-6)
+    assert torch.allclose(ex.scores, model(x)[:, 2].detach(), atol=1e-5)
+    assert ex.targets.tolist() == [2]
     assert [m for m in model.modules() if isinstance(m, nn.ReLU)] == relus
     assert all(m.inplace for m in relus)
     # A normal forward after the call still uses plain ReLU gradients.

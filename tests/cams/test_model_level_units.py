@@ -162,3 +162,19 @@ def test_fullgrad_refuses_volumes_naming_the_methods_that_work() -> None:
         "use gradcam, gradcampp, layercam, hirescam, xgradcam, cam or scorecam"
     )
     assert camlens.method_info("fullgrad").inputs == "model"
+
+
+def test_guided_relu_forward_and_backward() -> None:
+    from camlens.cams.model_based import _GuidedBackprop, _GuidedReLU
+
+    x = torch.tensor([-1.0, 0.0, 0.5, 2.0], requires_grad=True)
+    out = _GuidedReLU.apply(x)
+    assert torch.equal(out.detach(), torch.tensor([0.0, 0.0, 0.5, 2.0]))
+    (g,) = torch.autograd.grad(out, x, torch.tensor([3.0, 3.0, 0.5, -2.0]))
+    assert torch.equal(g, torch.tensor([0.0, 0.0, 0.5, 0.0]))  # ReLU(grad) where out > 0
+    # other functions keep their keyword arguments under the mode
+    y = torch.arange(6.0).view(2, 3)
+    with _GuidedBackprop():
+        assert torch.equal(torch.sum(y, dim=1), torch.tensor([3.0, 12.0]))
+        assert torch.equal(y.flatten(start_dim=0), torch.arange(6.0))
+        assert torch.equal(F.relu(y - 2), (y - 2).clamp(min=0))

@@ -25,11 +25,13 @@ def head(x: Tensor) -> Tensor:
 
 
 def signed_acts(dtype: torch.dtype = torch.float32) -> Tensor:
-    """(3, 3, 4, 4): signed channels; channel 1 of image 1 and channel 2 of image 2 constant."""
+    """(3, 3, 4, 4): signed channels; channel 1 of image 1, channel 2 of images 0 and 2
+    constant."""
     gen = torch.Generator().manual_seed(0)
     acts = torch.randn(3, 3, 4, 4, generator=gen, dtype=torch.float64)
     acts[1, 1] = 0.5
     acts[2, 2] = -1.0
+    acts[0, 2] = 2.0  # image 0's class differs from image 2's: its own black-image score
     return acts.to(dtype)
 
 
@@ -241,3 +243,18 @@ def test_paper_defaults() -> None:
     assert ss["noise_on"].default == "activation"
     assert inspect.signature(iscam).parameters["steps"].default == 10
     assert inspect.signature(ablationcam).parameters["eps"].default == 1e-7
+
+
+def test_default_sample_and_step_counts_are_run() -> None:
+    """SS-CAM scores every channel N = 10 times with sigma = 2 by default; IS-CAM takes 10
+    steps for each informative channel."""
+    acts = signed_acts()[:1]
+    run = LayerRun()
+    probe = Probe(run, input_probe(acts, 64, TARGETS[:1]).images, acts, TARGETS[:1], None)
+    default = sscam(acts, probe)
+    assert run.items == 3 * 10
+    probe2 = Probe(LayerRun(), probe.images, acts, TARGETS[:1], None)
+    assert torch.allclose(default, sscam(acts, probe2, samples=10, sigma=2.0), atol=1e-6)
+    run = LayerRun()
+    iscam(acts, Probe(run, probe.images, acts, TARGETS[:1], None))
+    assert run.items == 2 * 10 + 1  # channel 2 is constant: not scored, one black image

@@ -55,3 +55,15 @@ def test_finercam_default_base_is_gradcam_and_refuses_itself() -> None:
             "finercam's base must be a gradient method that takes (acts, grads), such as "
             "gradcam, gradcampp, layercam, hirescam or xgradcam; got " + repr(base)
         )
+
+
+def test_gradcampp_needs_both_higher_derivatives_for_the_exact_form() -> None:
+    from camlens.cams import gradcampp
+
+    gen = torch.Generator().manual_seed(1)
+    acts, grads = torch.rand(1, 2, 3, 3, generator=gen), torch.randn(1, 2, 3, 3, generator=gen)
+    extra = torch.rand(1, 2, 3, 3, generator=gen)
+    closed = gradcampp(acts, grads)
+    assert torch.equal(gradcampp(acts, grads, d2=extra), closed)
+    assert torch.equal(gradcampp(acts, grads, d3=extra), closed)
+    assert not torch.allclose(gradcampp(acts, grads, d2=extra, d3=extra), closed)
