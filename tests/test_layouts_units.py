@@ -337,3 +337,28 @@ def test_detector_transform_and_frame() -> None:
         (SimpleNamespace(tensors=torch.zeros(1, 3, 8, 8), image_sizes=[(7.0, 6)]),)
     )
     assert sizes == ((8, 8), (7, 6)) and all(type(v) is int for v in sizes[1])
+
+
+def test_fit_bounds_and_the_clearly_better_rule() -> None:
+    # channels-first fits within exactly one cell, channels-last not at all: channels-first,
+    # whatever a channels-last module would say in the neither-fits case
+    assert _fit_error((8, 6), (32, 32)) == pytest.approx(1.0)
+    assert infer_layout("x", (2, 100, 8, 6), (32, 32), nn.Linear(3, 6)).kind == "channels_first"
+    assert infer_layout("x", (2, 8, 6, 100), (32, 32)).kind == "channels_last"
+    # 1.5 cells off is no fit: then a channels-last module decides, else channels-first
+    assert _fit_error((8, 5), (32, 32)) == pytest.approx(1.5)
+    assert infer_layout("x", (2, 100, 8, 5), (32, 32), nn.Linear(3, 5)).kind == "channels_last"
+    assert infer_layout("x", (2, 8, 5, 100), (32, 32)).kind == "channels_first"
+    # both fit, 0.5 cells each: neither is clearly better, so the module decides (or an error)
+    assert _fit_error((3, 2), (32, 32)) == pytest.approx(0.5)
+    assert _fit_error((2, 3), (32, 32)) == pytest.approx(0.5)
+    with pytest.raises(LayerError, match="both"):
+        infer_layout("x", (2, 2, 3, 2), (32, 32), nn.ReLU())
+    # neither fits and no module: channels-first, never an error
+    assert math.isinf(_fit_error((200, 3), (32, 32))) and math.isinf(_fit_error((2, 200), (32, 32)))
+    assert infer_layout("x", (2, 2, 200, 3), (32, 32)).kind == "channels_first"
+
+
+def test_an_explicit_tokens_layout_reads_tokens() -> None:
+    layout = infer_layout("blk", (2, 197, 768), (224, 224), spec="tokens")
+    assert layout == Layout("tokens", prefix=1, grid=(14, 14))
