@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test docs docs-test lint format bench clean
+.PHONY: demo test docs docs-test lint format bench mutation clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,5 +36,11 @@ format: $(STAMP)
 bench: $(STAMP)         ## side-by-side speed and memory against the peer libraries
 	$(PY) benchmarks/bench_gradient.py --write BENCHMARKS.md
 
+# Mutation testing (mutmut 3), each module against its own tests, in .mutation/<module>/.
+# `make mutation MUTATION_MODULES="cams layouts"` for some of them; see MUTATION.md.
+MUTATION_MODULES ?=
+mutation: $(STAMP)      ## mutate cams/, layouts, targets, the engine, metrics/; score per module
+	OMP_NUM_THREADS=1 $(PY) benchmarks/mutation/run.py $(MUTATION_MODULES) --survivors
+
 clean:
-	rm -rf $(VENV) out build site .cache *.egg-info src/*.egg-info .pytest_cache
+	rm -rf $(VENV) out build site .cache *.egg-info src/*.egg-info .pytest_cache .mutation

@@ -8,15 +8,19 @@ from torch import Tensor, nn
 
 
 class GapNet(nn.Module):
-    """conv -> ReLU -> conv -> ReLU (``features``) -> global average pooling -> one linear layer."""
+    """conv -> ReLU -> conv -> ReLU (``features``) -> global average pooling -> one linear layer.
 
-    def __init__(self, channels: int = 6, classes: int = 5, in_ch: int = 3):
+    ``last_relu=False`` drops the last ReLU, so that ``features`` has negative activations too
+    (formulas that differ only where A < 0, such as ReLU(g) A versus ReLU(g A), then differ).
+    """
+
+    def __init__(self, channels: int = 6, classes: int = 5, in_ch: int = 3, last_relu: bool = True):
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(in_ch, 8, 3, padding=1),
             nn.ReLU(),
             nn.Conv2d(8, channels, 3, stride=2, padding=1),
-            nn.ReLU(),
+            *([nn.ReLU()] if last_relu else []),
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(channels, classes)

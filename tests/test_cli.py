@@ -81,15 +81,52 @@ def test_explain_topk_target_and_weights_path(tmp_path, shape_files, capsys) -> 
     assert "out of range" in capsys.readouterr().err
 
 
-def test_explain_torchvision_model_random_weights(tmp_path, shape_files, capsys) -> None:
+def test_explain_torchvision_model_random_weights(
+    tmp_path, shape_files, capsys, monkeypatch
+) -> None:
+    import numpy as np
+    import torch
+
+    import camlens
+    import camlens.models
+    from camlens.io import load_image
+
+    built = []
+    real = camlens.models.build_model
+
+    def spy(*args, **kwargs):
+        built.append(real(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(camlens.models, "build_model", spy)
     paths, _, _ = shape_files
     argv = ["explain", paths[0], "--model", "resnet18", "--method", "cam", "gradcampp"]
     assert main([*argv, "--out", str(tmp_path)]) == 0
     captured = capsys.readouterr()
     assert "random weights" in captured.err
-    assert len(list(tmp_path.glob("*.png"))) == 2
-    # ImageNet class names come with torchvision's weight metadata, offline.
-    assert "tench" in captured.out or "," in captured.out
+    # The printed top 5: ImageNet class names (torchvision's weight metadata, offline) and the
+    # model's own probabilities, recomputed here from the model the command built.
+    spec = built[0]
+    categories = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.meta["categories"]
+    assert list(spec.classes) == categories
+    x = spec.preprocess([load_image(Path(paths[0]))])
+    with torch.no_grad():
+        probs = spec.model(x).softmax(1)[0]
+    top = probs.topk(5)
+    ranked = ", ".join(
+        f"{categories[c]} {p:.3f}"
+        for p, c in zip(top.values.tolist(), top.indices.tolist(), strict=True)
+    )
+    assert f"{paths[0]}: {ranked}" in captured.out.splitlines()
+    # One overlay per method, named after the top class; the raw maps are the methods' own.
+    cls = categories[int(top.indices[0])].replace(" ", "_").replace("/", "_")
+    names = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert names == sorted(f"shape0_{m}_{cls}.png" for m in ("cam", "gradcampp"))
+    raw = np.load(tmp_path / "raw_maps.npz")
+    for method in ("cam", "gradcampp"):
+        ex = camlens.explain(spec.model, x, method, layer="layer4", target=int(top.indices[0]))
+        assert raw[method].shape == (1, 7, 7)
+        assert np.allclose(raw[method], ex.raw["layer4"].numpy(), rtol=1e-4, atol=1e-6)
 
 
 def test_cam_on_vgg_is_one_line_and_other_methods_still_run(tmp_path, shape_files, capsys):
@@ -188,7 +225,19 @@ def test_evaluate_a_folder_with_some_masks(tmp_path, shape_files, capsys) -> Non
     assert main(argv) == 0
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert "2 images, 1 with masks" in results["data"]
-    assert results["methods"]["layercam"]["pointing_game"] in (0.0, 1.0)  # one mask: 0 or 1
+    # One mask: the pointing game is 0 or 1; recompute which, and IoU, from the same data.
+    import camlens
+    from camlens.evaluate import folder_data
+    from camlens.metrics import iou, pointing_game
+    from camlens.models import build_model
+
+    spec = build_model("demo")
+    data = folder_data(folder, spec.size, spec.resize, spec.preset, mean=spec.mean, std=spec.std)
+    ex = camlens.explain(spec.model, data.images, "layercam")  # the predicted classes
+    m, masks = ex.maps[data.has_mask], data.masks[data.has_mask]
+    row = results["methods"]["layercam"]
+    assert row["pointing_game"] == pytest.approx(float(pointing_game(m, masks).mean()))
+    assert row["iou"] == pytest.approx(float(iou(m, masks).mean()), abs=1e-6)
 
 
 def test_evaluate_several_layers_separated_by_commas(tmp_path, capsys) -> None:

@@ -168,6 +168,11 @@ def test_explain_hf_vit_gradcam_end_to_end(tmp_path, image_files, hf_vit, capsys
     spec = build_model(f"hf:{hf_vit}")
     ex = camlens.explain(spec.model, spec.preprocess([Image.open(image_files[0])]), "gradcam")
     assert "patch_embeddings" not in ex.layers[0]  # a block's tokens, not the patch embedding
+    # The command's raw map is Grad-CAM of the top class at that layer, value for value.
+    assert float(np.abs(raw).max()) > 0
+    assert np.allclose(raw, ex.raw[ex.layers[0]].numpy(), rtol=1e-4, atol=1e-6)
+    cls = spec.classes[int(ex.targets[0])] if spec.classes else f"class {int(ex.targets[0])}"
+    assert (out / f"img0_gradcam_{cls.replace(' ', '_')}.png").is_file()
 
 
 def _folder(tmp_path: Path, image_files: list[str]) -> Path:

@@ -187,6 +187,13 @@ def test_multi_layer_fusion(images) -> None:
     assert torch.allclose(ex.raw["layer3"], single3.raw["layer3"], atol=1e-6)
     assert torch.allclose(ex.raw["layer4"], single4.raw["layer4"], atol=1e-6)
     assert ex.maps.shape == (2, 96, 96) and float(ex.maps.max()) == pytest.approx(1.0)
+    # The displayed map is the normalised fusion of both layers (not the last layer's map).
+    from camlens.fusion import fuse_layers
+    from camlens.maps import minmax, to_heatmap
+
+    fused = minmax(fuse_layers([single3.raw["layer3"], single4.raw["layer4"]], (96, 96)))
+    assert torch.allclose(ex.maps, fused, atol=1e-6)
+    assert not torch.allclose(ex.maps, to_heatmap(single4.raw["layer4"], (96, 96)), atol=1e-2)
 
 
 def test_explainer_reuses_the_automatic_layer(gapnet, images) -> None:

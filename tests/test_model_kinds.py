@@ -389,3 +389,13 @@ def test_new_paths_leave_the_model_as_it_came_also_after_an_exception() -> None:
     assert [m.training for m in model.modules()] == flags
     assert [p.requires_grad for p in model.parameters()] == grads
     assert hook_count(model) == 0 and all(p.grad is None for p in model.parameters())
+
+
+def test_timm_vit_whose_patches_do_not_tile_the_input() -> None:
+    """100 x 100 input, 16-pixel patches: a 6 x 6 patch grid (the last 4 pixels are dropped)
+    and 37 tokens. Only the patch embedding's grid gives prefix 1, grid 6 x 6; the input-size
+    fallback would read 37 tokens as 12 prefix tokens + a 5 x 5 grid of 20-pixel patches."""
+    torch.manual_seed(0)
+    model = tiny_vit(img_size=100, patch_size=16).eval()
+    ex = check(model, torch.randn(2, 3, 100, 100), "blocks.1.norm1", tokens(1, (6, 6)))
+    assert ex.raw["blocks.1.norm1"].shape == (2, 6, 6)

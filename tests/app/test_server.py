@@ -115,11 +115,19 @@ def test_bad_job_requests(client: TestClient) -> None:
     assert client.get("/api/jobs/nope").status_code == 404
 
 
-def test_cancel_endpoint(client: TestClient) -> None:
+def test_cancel_endpoint(client: TestClient, state: AppState) -> None:
+    """While the model is busy (its lock held here) the job stays queued; cancelling it then
+    must cancel it: it never runs, has no results, and the app goes on serving jobs."""
     image = client.get("/api/info").json()["examples"][0]["id"]
-    job = client.post("/api/jobs", json={"image": image, "methods": ["sscam"]}).json()
-    client.post(f"/api/jobs/{job['id']}/cancel")
-    assert wait(client, job["id"])["status"] in ("cancelled", "done")  # it may have finished
+    with state.lock:
+        job = client.post("/api/jobs", json={"image": image, "methods": ["gradcam"]}).json()
+        assert job["status"] == "queued"
+        info = client.post(f"/api/jobs/{job['id']}/cancel").json()
+        assert info["status"] == "cancelled"
+    info = wait(client, job["id"])
+    assert info["status"] == "cancelled" and info["results"] == [] and info["passes"] == 0
+    again = client.post("/api/jobs", json={"image": image, "methods": ["gradcam"]}).json()
+    assert wait(client, again["id"])["status"] == "done"
 
 
 def _free_port() -> int:

@@ -21,13 +21,17 @@ from camlens.cams.finer import contrast_score
 from tests.conftest import GapNet, HandNet, capture, hook_count
 
 
-@pytest.fixture(scope="module")
-def setup():
+@pytest.fixture(scope="module", params=[True, False], ids=["post-relu", "signed"])
+def setup(request):
+    """A GAP + linear model (biased head) whose ``features`` are post-ReLU, or signed (no last
+    ReLU: formulas that differ only where A < 0 must differ here)."""
     torch.manual_seed(3)
-    model = GapNet(channels=7, classes=4).eval()
+    model = GapNet(channels=7, classes=4, last_relu=request.param).eval()
     x = torch.randn(3, 3, 12, 12)
     target = torch.tensor([0, 3, 2])
-    acts = capture(model, model.features, x)  # post-ReLU, (3, 7, 6, 6)
+    acts = capture(model, model.features, x)  # (3, 7, 6, 6)
+    assert bool((acts < 0).any()) is not request.param
+    assert bool((model.fc.bias != 0).all())
     return model, x, target, acts
 
 
@@ -38,15 +42,19 @@ def raw(model, x, method, target, **kw):
 
 
 def test_gap_linear_identities(setup) -> None:
-    """hirescam == xgradcam == gradcam == cam / Z; gradcam_elementwise == layercam."""
+    """hirescam == xgradcam == gradcam == cam / Z; layercam == sum_k ReLU(w_k) A^k / Z and
+    gradcam_elementwise == sum_k ReLU(w_k A^k / Z) (the two agree when A >= 0)."""
     model, x, target, acts = setup
     z = acts.shape[-1] * acts.shape[-2]
     cam = raw(model, x, "cam", target)
+    w = model.fc.weight.detach()[target]  # (B, K)
+    assert torch.allclose(cam, torch.einsum("bk,bkhw->bhw", w, acts), atol=1e-5)
     for method in ("hirescam", "xgradcam", "gradcam"):
         assert torch.allclose(raw(model, x, method, target), cam / z, atol=1e-6), method
-    assert torch.allclose(
-        raw(model, x, "gradcam_elementwise", target), raw(model, x, "layercam", target), atol=1e-7
-    )
+    layer = torch.einsum("bk,bkhw->bhw", w.clamp(min=0), acts) / z
+    assert torch.allclose(raw(model, x, "layercam", target), layer, atol=1e-7)
+    elementwise = (w[:, :, None, None] * acts / z).clamp(min=0).sum(dim=1)
+    assert torch.allclose(raw(model, x, "gradcam_elementwise", target), elementwise, atol=1e-7)
     # HiResCAM's map sums to the logit minus the bias.
     logits = model(x).detach()
     hires = raw(model, x, "hirescam", target)
@@ -101,12 +109,21 @@ def test_iscam_with_one_step_is_scorecam_and_sscam_runs_seeded(setup) -> None:
 
 
 def test_constant_channels_are_skipped_with_the_black_image_score() -> None:
-    model = HandNet(torch.tensor([[1.0, 2.0], [0.0, 1.0]]))
+    model = HandNet(torch.tensor([[1.0, 2.0], [0.0, 1.0]]), bias=torch.tensor([0.75, -1.0]))
     acts = torch.stack([torch.eye(3), torch.full((3, 3), 2.0)])[None]
     ex = camlens.explain(model, acts, method="scorecam", layer="features", target=0)
-    # channel 1 is constant: its mask is 0, its score the zero image's: 0 (no bias)
+    # channel 1 is constant: its mask is 0, its score the black image's: the bias, 0.75
     s0 = float(model(acts * torch.eye(3))[0, 0].detach())
-    w = torch.tensor([s0, 0.0]).softmax(0)
+    # the mask of channel 0 is eye: the masked channels are eye and 2 eye, whose means are 3/9
+    # and 6/9, so S = (1 * 3 + 2 * 6) / 9 + 0.75
+    assert s0 == pytest.approx(15 / 9 + 0.75)
+    w = torch.tensor([s0, 0.75]).softmax(0)
+    assert torch.allclose(ex.raw["features"][0], w[0] * acts[0, 0] + w[1] * acts[0, 1])
+    # IS-CAM integrates the same masks: the constant channel scores the bias at every step
+    ex = camlens.explain(model, acts, method="iscam", layer="features", target=0, steps=4)
+    with torch.no_grad():
+        s_is = sum(float(model(acts * (i / 4) * torch.eye(3))[0, 0]) for i in range(1, 5)) / 4
+    w = torch.tensor([s_is, 0.75]).softmax(0)
     assert torch.allclose(ex.raw["features"][0], w[0] * acts[0, 0] + w[1] * acts[0, 1])
 
 
@@ -176,9 +193,34 @@ def test_eigencam_sign_and_rank_one() -> None:
     assert torch.allclose(first_component_projection(acts * 2), 2 * out, atol=1e-4)
 
 
-def test_eigengradcam_on_model(setup) -> None:
-    model, x, target, _ = setup
-    assert raw(model, x, "eigengradcam", target).shape == (3, 6, 6)
+def test_eigengradcam_is_eigencam_of_gradient_times_activation(setup) -> None:
+    """raw = (g * A) v_1; at a GAP + linear head g^k = w^c_k / Z, so g * A = w_k A^k / Z."""
+    model, x, target, acts = setup
+    z = acts.shape[-1] * acts.shape[-2]
+    w = model.fc.weight.detach()[target]
+    expected = first_component_projection(w[:, :, None, None] * acts / z)
+    got = raw(model, x, "eigengradcam", target)
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert not torch.allclose(got, raw(model, x, "eigencam", target), atol=1e-3)
+    assert torch.allclose(raw(model, x, "eigencam", target), eigencam(acts), atol=1e-5)
+
+
+def test_first_component_projection_against_a_float64_eigendecomposition() -> None:
+    """X v_1 with v_1 the top eigenvector of X^T X (float64, another algorithm than the SVD),
+    signed so that the projection sums to >= 0; shapes (B, K, *spatial) for images and
+    volumes."""
+    gen = torch.Generator().manual_seed(0)
+    cases = [((3, 5, 4, 6), 1.0), ((2, 4, 2, 3, 3), 1.0), ((3, 5, 4, 6), 1e-3)]
+    for shape, scale in cases:  # small activations: projections that sum to less than 1
+        x = torch.randn(*shape, generator=gen) * scale
+        flat = x.double().reshape(shape[0], shape[1], -1).transpose(1, 2)  # (B, N, K)
+        _, vecs = torch.linalg.eigh(flat.transpose(1, 2) @ flat)
+        proj = (flat @ vecs[:, :, -1:])[..., 0]  # the largest eigenvalue comes last
+        proj = proj * torch.where(proj.sum(dim=1, keepdim=True) < 0, -1.0, 1.0)
+        got = first_component_projection(x)
+        assert got.shape == (shape[0], *shape[2:])
+        assert torch.allclose(got.double().flatten(1), proj, atol=1e-4 * scale)
+        assert (got.flatten(1).sum(dim=1) >= 0).all()
 
 
 def test_finercam_contrast_and_gradient(setup) -> None:
@@ -195,8 +237,14 @@ def test_finercam_contrast_and_gradient(setup) -> None:
     ref = masked.argmax(1)
     expected = raw(model, x, "gradcam", target) - 0.7 * raw(model, x, "gradcam", ref)
     assert torch.allclose(raw(model, x, "finercam", target, gamma=0.7), expected, atol=1e-6)
-    lay = raw(model, x, "finercam", target, base="layercam")
-    assert lay.shape == (3, 6, 6)
+    # LayerCAM on the contrast: sum_k ReLU(w^c_k - gamma w^d_k) A^k / Z (not a difference of
+    # two LayerCAMs: the ReLU is taken of the contrast's gradient).
+    _, _, _, acts = setup
+    w = model.fc.weight.detach()
+    contrast = (w[target] - 0.7 * w[ref]).clamp(min=0)
+    expected = torch.einsum("bk,bkhw->bhw", contrast, acts) / 36
+    lay = raw(model, x, "finercam", target, base="layercam", gamma=0.7)
+    assert torch.allclose(lay, expected, atol=1e-6)
     with pytest.raises(camlens.MethodNotFoundError, match="base"):
         raw(model, x, "finercam", target, base="scorecam")
 
@@ -233,6 +281,11 @@ def test_guided_gradcam_does_not_touch_modules() -> None:
     assert ggc.shape == (1, 3, 32, 32)
     cam = camlens.explain(model, x, method="gradcam", target=2)
     assert torch.allclose(ggc, ex.extras["guided_backprop"] * cam.maps[:, None])
+    from camlens.maps import minmax
+
+    assert torch.allclose(ex.maps, minmax(ggc.abs().sum(dim=1)), atol=1e-6)
+    assert torch.allclose(ex.scores, model(x)[:, 2].detach(), atol=1e-5)
+    assert ex.targets.tolist() == [2]
     assert [m for m in model.modules() if isinstance(m, nn.ReLU)] == relus
     assert all(m.inplace for m in relus)
     # A normal forward after the call still uses plain ReLU gradients.
