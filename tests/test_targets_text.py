@@ -206,7 +206,7 @@ def test_zero_shot_top_k(oc_model, x) -> None:
     assert torch.allclose(one.raw[key], full.raw[key][:, 1], atol=1e-6)
 
 
-@pytest.mark.parametrize("method", ["layercam", "gradcampp", "gae", "scorecam"])
+@pytest.mark.parametrize("method", ["layercam", "gradcampp", "gae", "scorecam", "legrad"])
 def test_other_methods_explain_each_prompt(oc_model, x, method: str) -> None:
     """One batched run equals one run per prompt, for layer methods and GAE alike."""
     ex = camlens.explain(oc_model, x, method, target=T.text(PROMPTS, oc_model))
@@ -272,3 +272,21 @@ def test_text_targets_import_no_optional_dependency() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_legrad_on_prompts_equals_legrad_on_the_image_tower_with_the_text_embedding(
+    oc_model, x
+) -> None:
+    """LeGrad through targets.text reads the image tower's blocks (not the CLIP's text
+    transformer) and its readout followed by the cosine to each prompt: the same maps as LeGrad
+    on ``model.visual`` with a similarity target to that prompt's text embedding."""
+    with torch.no_grad():
+        tokens = open_clip.tokenizer.SimpleTokenizer(context_length=16)(PROMPTS)
+        text = oc_model.encode_text(tokens)
+    ex = camlens.explain(oc_model, x, "legrad", target=T.text(PROMPTS, oc_model))
+    assert ex.maps.shape == (2, 3, 32, 32)
+    for p in range(len(PROMPTS)):
+        alone = camlens.explain(oc_model.visual, x, "legrad", target=T.similarity(text[p]))
+        (key,) = alone.raw
+        assert torch.allclose(ex.raw[key][:, p], alone.raw[key], atol=1e-6)
+        assert torch.allclose(ex.scores[:, p], alone.scores, atol=1e-6)

@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from camlens.errors import InputError, UnsupportedModelError
@@ -53,6 +54,9 @@ _BLOCK_PATHS = (
     "vit.encoder.layers",
     "vit.layers",
     "vision_model.encoder.layers",  # HF CLIP vision tower
+    # open_clip CLIP explained with targets.text: its image tower's blocks (the CLIP's own
+    # ``transformer`` is its text tower, so this path comes first)
+    "visual.transformer.resblocks",
     "transformer.resblocks",  # open_clip VisionTransformer
 )
 
@@ -99,9 +103,22 @@ def find_readout(model: nn.Module, pool: str = "model") -> Readout:
     ``pool="model"``: the model's final norm, pooling and head, exactly as its forward applies
     them after the last block (so the readout of the last block's output is the model's
     output); ``pool="mean"``: ``head(norm(mean over all tokens of z))``. See the module table.
+    An image-text model explained with :func:`camlens.targets.text` (the engine runs its image
+    tower, :class:`camlens.targets_text.ImageTower`, whose output is the cosine similarity to
+    each prompt): the tower's readout, normalised, times the prompts' unit embeddings.
     """
     if pool not in ("model", "mean"):
         raise InputError(f"pool must be 'model' or 'mean', got {pool!r}")
+    text = getattr(model, "text", None)
+    if isinstance(text, Tensor) and hasattr(model, "wrapped"):  # targets.text's ImageTower
+        visual = getattr(model, "visual", None)
+        inner = _own_readout(visual if isinstance(visual, nn.Module) else model, pool)
+        return lambda z: F.normalize(inner(z), dim=-1) @ text.to(z.device, z.dtype).T
+    return _own_readout(model, pool)
+
+
+def _own_readout(model: nn.Module, pool: str) -> Readout:
+    """:func:`find_readout` for one model family (the table in the module docstring)."""
     # torchvision VisionTransformer
     ln, heads = _get(model, "encoder.ln"), getattr(model, "heads", None)
     if isinstance(ln, nn.Module) and isinstance(heads, nn.Module):
