@@ -60,7 +60,7 @@ def test_eigen_smooth_is_the_projection_of_the_method_terms(resnet) -> None:
     )  # fmt: skip
     assert torch.allclose(two.raw["layer3"][:, 0], ex.raw["layer3"], atol=1e-5)
     with pytest.raises(InputError, match="terms"):
-        camlens.explain(model, x, "scorecam", layer="layer4", eigen_smooth=True)
+        camlens.explain(model, x, "eigencam", layer="layer4", eigen_smooth=True)
 
 
 def test_eigen_smooth_agrees_with_pytorch_grad_cam(resnet) -> None:
@@ -194,3 +194,88 @@ def test_aug_smooth_wraps_model_level_methods_too() -> None:
                               target=labels)  # fmt: skip
         maps.append(one.maps.flip(-1) if flip else one.maps)
     assert torch.allclose(ex.maps, minmax(torch.stack(maps).mean(0)), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "method, options",
+    [
+        ("fem", {}),
+        ("fem", {"weighting": "fraction", "k": 1.0}),
+        ("randomcam", {"seed": 3}),
+    ],
+)
+def test_activation_methods_terms_sum_to_the_method_and_eigen_smooth_projects_them(
+    resnet, method: str, options: dict
+) -> None:
+    """FEM and Random-CAM expose their per-channel terms: their channel sum is the method's raw
+    map, and eigen_smooth is the principal projection of the same terms."""
+    from camlens.registry import get_method
+
+    model, x = resnet
+    info = get_method(method)
+    acts: dict[str, torch.Tensor] = {}
+    handle = model.layer3.register_forward_hook(lambda m, i, o: acts.setdefault("a", o.detach()))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        handle.remove()
+    a = acts["a"].double()
+    terms = info.terms(a, **options)
+    assert terms.shape == a.shape
+    assert torch.allclose(terms.sum(dim=1), info.fn(a, **options), atol=1e-10)
+    seed = options.pop("seed", 0)
+    ex = camlens.explain(model, x, method, layer="layer3", eigen_smooth=True, seed=seed, **options)
+    want = principal_projection(
+        info.terms(acts["a"], **options, **({"seed": seed} if method == "randomcam" else {}))
+    )
+    assert torch.allclose(ex.raw["layer3"], want, atol=1e-5)
+
+
+def test_finercam_eigen_smooth_projects_its_base_terms(resnet) -> None:
+    """Finer-CAM's terms are its base method's (on the contrast's gradients), so eigen_smooth
+    applies to it with any base that has terms."""
+    from camlens.cams.finer import finercam_terms
+    from camlens.cams.gradient import gradcam_terms, layercam_terms
+
+    a, g = (
+        torch.randn(2, 5, 3, 3, dtype=torch.float64),
+        torch.randn(2, 5, 3, 3, dtype=torch.float64),
+    )
+    assert torch.equal(finercam_terms(a, g), gradcam_terms(a, g))
+    assert torch.equal(finercam_terms(a, g, base="layercam"), layercam_terms(a, g))
+    model, x = resnet
+    ex = camlens.explain(model, x, "finercam", layer="layer3", target=[3, 7], eigen_smooth=True)
+    assert ex.raw["layer3"].shape == (2, 4, 4) and torch.isfinite(ex.raw["layer3"]).all()
+
+
+@pytest.mark.parametrize(
+    "method, options",
+    [
+        ("scorecam", {}),
+        ("iscam", {"steps": 2}),
+        ("sscam", {"samples": 2}),
+        ("ablationcam", {}),
+        ("fem", {}),
+        ("randomcam", {}),
+        ("finercam", {"base": "layercam"}),
+        ("gradcampp", {}),
+    ],
+)
+def test_the_terms_of_every_channel_sum_method_add_up_to_the_method(
+    resnet, monkeypatch, method: str, options: dict
+) -> None:
+    """With the principal projection replaced by the channel sum, eigen_smooth must give the
+    plain method back: each method's terms are its own channel sum's summands, for one target
+    and for several targets per image (Score-CAM's (B, T, K, ...) terms)."""
+    import camlens.wrappers as W
+
+    model, x = resnet
+    monkeypatch.setattr(W, "principal_projection", lambda t: t.sum(dim=1))
+    for target in ([3, 7], torch.tensor([[3, 1], [7, 2]])):
+        plain = camlens.explain(model, x, method, layer="layer3", target=target, **options)
+        summed = camlens.explain(
+            model, x, method, layer="layer3", target=target, eigen_smooth=True, **options
+        )
+        assert summed.raw["layer3"].shape == plain.raw["layer3"].shape
+        assert torch.allclose(summed.raw["layer3"], plain.raw["layer3"], rtol=1e-4, atol=1e-4)

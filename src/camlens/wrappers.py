@@ -29,7 +29,7 @@ from torch import Tensor
 from camlens.errors import InputError
 from camlens.explanation import Explanation
 from camlens.maps import minmax
-from camlens.registry import MethodInfo
+from camlens.registry import MethodInfo, get_method, methods
 from camlens.targets import Selection, Target, TargetSpec, select_scores
 
 # -- eigen_smooth --------------------------------------------------------------------------
@@ -61,19 +61,25 @@ def eigen_smoothed(info: MethodInfo) -> MethodInfo:
     """``info`` with its channel sum replaced by :func:`principal_projection` of its terms.
 
     Needs the method's per-channel terms (``terms=`` in :func:`camlens.registry.register`):
-    the CAM, Grad-CAM family, LayerCAM, HiResCAM, XGrad-CAM, element-wise Grad-CAM, ShapleyCAM.
+    every method whose raw map is a channel sum (CAM, the Grad-CAM family, LayerCAM, HiResCAM,
+    XGrad-CAM, element-wise Grad-CAM, ShapleyCAM, Finer-CAM, the Score-CAM family,
+    Ablation-CAM, FEM, Random-CAM). Terms (B, T, K, *spatial) (T targets per image, the
+    Score-CAM family) are projected target by target.
     """
     if info.terms is None:
         raise InputError(
             f"eigen_smooth=True needs the per-channel terms of the method; {info.name!r} does "
-            "not expose them. It applies to cam, gradcam, gradcampp, layercam, hirescam, "
-            "xgradcam, gradcam_elementwise and shapleycam"
+            "not expose them (its map is not a sum of per-channel terms). It applies to "
+            + ", ".join(sorted(m for m in methods() if get_method(m).terms is not None))
         )
     terms = info.terms
 
     @functools.wraps(info.fn)
     def fn(*args: Any, **kwargs: Any) -> Tensor:
-        return principal_projection(terms(*args, **kwargs))
+        t = terms(*args, **kwargs)
+        if t.ndim == args[0].ndim + 1:  # (B, T, K, *spatial): T targets per image
+            return principal_projection(t.flatten(0, 1)).view(*t.shape[:2], *t.shape[3:])
+        return principal_projection(t)
 
     return replace(info, fn=fn)
 

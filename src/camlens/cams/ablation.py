@@ -13,10 +13,17 @@ from camlens.probe import Probe
 from camlens.registry import register
 
 
+def ablationcam_terms(acts: Tensor, probe: Probe, eps: float = 1e-7) -> Tensor:
+    """Ablation-CAM's per-channel terms w_k A^k, (B, K, *spatial) (see :func:`ablationcam`)."""
+    w = _ablation_weights(acts, probe, eps)
+    return w.view(*w.shape, *[1] * (acts.ndim - 2)) * acts
+
+
 @register(
     "ablationcam",
     inputs="layer_probe",
     paper="Desai & Ramaswamy, Ablation-CAM, WACV 2020",
+    terms=ablationcam_terms,
 )
 def ablationcam(acts: Tensor, probe: Probe, eps: float = 1e-7) -> Tensor:
     """Ablation-CAM: a channel's weight is the relative drop of the score when it is zeroed.
@@ -29,6 +36,10 @@ def ablationcam(acts: Tensor, probe: Probe, eps: float = 1e-7) -> Tensor:
     weight is 0 and its pass is skipped (exact, and most channels after a ReLU on some images).
     For a GAP + linear head, y^c - y^c_k = w^c_k F_k, F_k = mean_ij A^k_ij.
     """
+    return torch.einsum("bk,bk...->b...", _ablation_weights(acts, probe, eps), acts)
+
+
+def _ablation_weights(acts: Tensor, probe: Probe, eps: float) -> Tensor:
     bsz, k_ch = acts.shape[:2]
     pairs = acts.flatten(2).ne(0).any(dim=2).nonzero()  # (N, 2) channels that are not all zero
 
@@ -44,7 +55,7 @@ def ablationcam(acts: Tensor, probe: Probe, eps: float = 1e-7) -> Tensor:
     weights = torch.zeros(bsz, k_ch, device=acts.device)
     b, k = pairs[:, 0], pairs[:, 1]
     weights[b, k] = (y[b] - ablated_scores) / denom[b]
-    return torch.einsum("bk,bk...->b...", weights, acts)
+    return weights
 
 
 @register(

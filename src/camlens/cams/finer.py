@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from camlens.errors import MethodNotFoundError
-from camlens.registry import get_method, register
+from camlens.registry import MethodInfo, get_method, register
 
 
 def contrast_score(
@@ -26,11 +26,34 @@ def contrast_score(
     return y_c - gamma * y_d
 
 
+def _base(base: str) -> MethodInfo:
+    info = get_method(base)
+    if info.inputs != "grads" or info.name == "finercam":
+        raise MethodNotFoundError(
+            f"finercam's base must be a gradient method that takes (acts, grads), such as "
+            f"gradcam, gradcampp, layercam, hirescam or xgradcam; got {base!r}"
+        )
+    return info
+
+
+def finercam_terms(acts: Tensor, grads: Tensor, base: str = "gradcam") -> Tensor:
+    """Finer-CAM's per-channel terms: those of its ``base`` method on the contrast's gradients
+    (for ``eigen_smooth``); a base without per-channel terms is an error naming those that have."""
+    info = _base(base)
+    if info.terms is None:
+        raise MethodNotFoundError(
+            f"eigen_smooth with finercam needs a base with per-channel terms (gradcam, "
+            f"gradcampp, layercam, hirescam, xgradcam, gradcam_elementwise); got {base!r}"
+        )
+    return info.terms(acts, grads)
+
+
 @register(
     "finercam",
     inputs="grads",
     paper="Zhang et al., Finer-CAM, CVPR 2025, arXiv:2501.11309",
     score=contrast_score,
+    terms=finercam_terms,
 )
 def finercam(acts: Tensor, grads: Tensor, base: str = "gradcam") -> Tensor:
     """Finer-CAM: any gradient method applied to the contrast y^c - gamma * y^d.
@@ -40,13 +63,7 @@ def finercam(acts: Tensor, grads: Tensor, base: str = "gradcam") -> Tensor:
     turns its gradients into a map (default Grad-CAM). Features shared with the similar classes
     cancel in the gradient, so the map keeps what tells the target class apart.
     """
-    info = get_method(base)
-    if info.inputs != "grads" or info.name == "finercam":
-        raise MethodNotFoundError(
-            f"finercam's base must be a gradient method that takes (acts, grads), such as "
-            f"gradcam, gradcampp, layercam, hirescam or xgradcam; got {base!r}"
-        )
-    return info.fn(acts, grads)
+    return _base(base).fn(acts, grads)
 
 
 __all__ = ["contrast_score", "finercam"]

@@ -46,6 +46,18 @@ def _weighted(weights: Tensor, acts: Tensor) -> Tensor:
     return torch.einsum("bk,bk...->b...", weights, acts)
 
 
+def weighted_terms(weights: Tensor, acts: Tensor) -> Tensor:
+    """The per-channel terms w_k A^k of :func:`_weighted` (for ``eigen_smooth``): weights (B, K)
+    -> (B, K, *spatial), or (B, K, T) -> (B, T, K, *spatial)."""
+    spatial = [1] * (acts.ndim - 2)
+    if weights.ndim == 3:
+        return (
+            weights.transpose(1, 2).reshape(*weights.shape[::2], weights.shape[1], *spatial)
+            * (acts[:, None])
+        )
+    return weights.view(*weights.shape, *spatial) * acts
+
+
 def _dev(probe: Probe) -> torch.device:
     return probe.images.device
 
@@ -79,10 +91,16 @@ def _channel_scores(probe: Probe, repeats: int, make, every_channel: bool = Fals
     return out
 
 
+def scorecam_terms(acts: Tensor, probe: Probe) -> Tensor:
+    """Score-CAM's per-channel terms w_k A^k (see :func:`scorecam`, :func:`weighted_terms`)."""
+    return weighted_terms(_scorecam_weights(acts, probe), acts)
+
+
 @register(
     "scorecam",
     inputs="input_probe",
     paper="Wang et al., Score-CAM, CVPR Workshops 2020, arXiv:1910.01279",
+    terms=scorecam_terms,
 )
 def scorecam(acts: Tensor, probe: Probe) -> Tensor:
     """Score-CAM: each channel weighted by the score of the image masked by it.
@@ -93,18 +111,32 @@ def scorecam(acts: Tensor, probe: Probe) -> Tensor:
     specifies and pytorch-grad-cam does; the paper subtracts a baseline score, which the softmax
     over k cancels). One forward pass per non-constant channel, batched.
     """
+    return _weighted(_scorecam_weights(acts, probe), acts)
 
+
+def _scorecam_weights(acts: Tensor, probe: Probe) -> Tensor:
     def make(b: Tensor, k: Tensor, _r: Tensor, size: tuple[int, int]) -> Tensor:
         return probe.images[b] * _masks(acts, b, k, size)
 
-    scores = _channel_scores(probe, 1, make)[:, :, 0]
-    return _weighted(scores.softmax(dim=1), acts)
+    return _channel_scores(probe, 1, make)[:, :, 0].softmax(dim=1)
+
+
+def sscam_terms(
+    acts: Tensor,
+    probe: Probe,
+    samples: int = 10,
+    sigma: float = 2.0,
+    noise_on: str = "activation",
+) -> Tensor:
+    """SS-CAM's per-channel terms w_k A^k (see :func:`sscam`, :func:`weighted_terms`)."""
+    return weighted_terms(_sscam_weights(acts, probe, samples, sigma, noise_on), acts)
 
 
 @register(
     "sscam",
     inputs="input_probe",
     paper="Wang et al., SS-CAM: Smoothed Score-CAM, arXiv:2006.14255",
+    terms=sscam_terms,
 )
 def sscam(
     acts: Tensor,
@@ -121,6 +153,10 @@ def sscam(
 
     Defaults N = 10, sigma = 2 as in the paper. Noise comes from the probe's seeded generator.
     """
+    return _weighted(_sscam_weights(acts, probe, samples, sigma, noise_on), acts)
+
+
+def _sscam_weights(acts: Tensor, probe: Probe, samples: int, sigma: float, noise_on: str) -> Tensor:
     if noise_on not in ("activation", "input"):
         raise ValueError(f"noise_on must be 'activation' or 'input', got {noise_on!r}")
     gen = probe.generator
@@ -138,13 +174,19 @@ def sscam(
 
     # Noise on the activation makes every channel informative: score them all.
     scores = _channel_scores(probe, samples, make, every_channel=noise_on == "activation")
-    return _weighted(scores.mean(dim=2).softmax(dim=1), acts)
+    return scores.mean(dim=2).softmax(dim=1)
+
+
+def iscam_terms(acts: Tensor, probe: Probe, steps: int = 10) -> Tensor:
+    """IS-CAM's per-channel terms w_k A^k (see :func:`iscam`, :func:`weighted_terms`)."""
+    return weighted_terms(_iscam_weights(acts, probe, steps), acts)
 
 
 @register(
     "iscam",
     inputs="input_probe",
     paper="Naidu et al., IS-CAM: Integrated Score-CAM, arXiv:2010.03023",
+    terms=iscam_terms,
 )
 def iscam(acts: Tensor, probe: Probe, steps: int = 10) -> Tensor:
     """IS-CAM: Score-CAM with each score integrated along the mask's intensity.
@@ -153,10 +195,12 @@ def iscam(acts: Tensor, probe: Probe, steps: int = 10) -> Tensor:
 
     A Riemann sum of the score from a faint mask to the full one (N = ``steps``, 10 by default).
     """
+    return _weighted(_iscam_weights(acts, probe, steps), acts)
 
+
+def _iscam_weights(acts: Tensor, probe: Probe, steps: int) -> Tensor:
     def make(b: Tensor, k: Tensor, r: Tensor, size: tuple[int, int]) -> Tensor:
         scale = ((r + 1).float() / steps).view(-1, *[1] * (len(size) + 1))
         return probe.images[b] * (scale * _masks(acts, b, k, size))
 
-    scores = _channel_scores(probe, steps, make)
-    return _weighted(scores.mean(dim=2).softmax(dim=1), acts)
+    return _channel_scores(probe, steps, make).mean(dim=2).softmax(dim=1)
