@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import math
 import os
 import sys
 from collections.abc import Callable
@@ -29,30 +28,12 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_VERBOSE", "False")
 
 import torch
-from torch import nn
 
 import camlens
 from _harness import machine, run_round_robin, write_section
 from camlens.detection.scales import _groups, radius
 from camlens.detection.yolo import load_model, non_max_suppression
-
-
-def randomise(model: nn.Module, seed: int = 0) -> None:
-    """Conv weights N(0, 1.6^2 / fan_in), class convolutions x 0.3 with bias -3, box biases
-    favouring short distances (the tests' model: Ultralytics' own initialisation puts almost
-    the same box at every anchor)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for mod in model.modules():
-            if isinstance(mod, nn.Conv2d) and mod.weight.requires_grad:
-                fan = mod.weight[0].numel()
-                mod.weight.copy_(torch.randn(mod.weight.shape, generator=g) * 1.6 / math.sqrt(fan))
-        head = model.model[-1]
-        for seq in head.cv3:
-            seq[-1].weight.mul_(0.3)
-            seq[-1].bias.fill_(-3.0)
-        for seq in head.cv2:
-            seq[-1].bias.copy_((-0.4 * torch.arange(head.reg_max, dtype=torch.float32)).repeat(4))
+from camlens.testing.yolo import randomise
 
 
 def image(size: int, device: str) -> torch.Tensor:

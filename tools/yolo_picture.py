@@ -10,7 +10,6 @@ benchmark: the picture shows what camlens gives for each box, not what a trained
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
@@ -19,31 +18,15 @@ os.environ.setdefault("YOLO_VERBOSE", "False")
 
 import torch
 from PIL import Image, ImageDraw
-from torch import nn
 
 import camlens
 from camlens.demo import shapes
 from camlens.detection.yolo import load_model
+from camlens.testing.yolo import randomise
 from camlens.viz import overlay
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "guides" / "yolo_boxes.jpg"
 SCALES = ("P3", "P4", "P5")
-
-
-def randomise(model: nn.Module, seed: int = 0) -> None:
-    """As benchmarks/bench_yolo.py: weights N(0, 1.6^2 / fan_in), class convs x 0.3, bias -3."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for mod in model.modules():
-            if isinstance(mod, nn.Conv2d) and mod.weight.requires_grad:
-                fan = mod.weight[0].numel()
-                mod.weight.copy_(torch.randn(mod.weight.shape, generator=g) * 1.6 / math.sqrt(fan))
-        head = model.model[-1]
-        for seq in head.cv3:
-            seq[-1].weight.mul_(0.3)
-            seq[-1].bias.fill_(-3.0)
-        for seq in head.cv2:
-            seq[-1].bias.copy_((-0.4 * torch.arange(head.reg_max, dtype=torch.float32)).repeat(4))
 
 
 def main(boxes: int = 4) -> None:
