@@ -47,6 +47,21 @@ class HandNet(nn.Module):
         return self.fc(self.features(x).mean(dim=(2, 3)))
 
 
+def tiny_tv(layers: int = 2) -> nn.Module:
+    """torchvision's VisionTransformer at 32 px (8 px patches: a 4 x 4 grid and a class token,
+    hidden size 16, 2 heads), seeded; torchvision zero-initialises the head, so it is drawn
+    N(0, 1) here (a zero head would give zero gradients)."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=layers, num_heads=2, hidden_dim=16, mlp_dim=32,
+        num_classes=5,
+    )  # fmt: skip
+    nn.init.normal_(model.heads.head.weight)
+    return model
+
+
 def capture(model: nn.Module, layer: nn.Module, x: Tensor) -> Tensor:
     """The true output of ``layer`` for input ``x``, taken independently of camlens."""
     store: list[Tensor] = []

@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torchvision
 from torch import Tensor
 
 from camlens.concepts import concept_overlays, factorize, nmf, save_concepts
 from camlens.errors import InputError
-from tests.conftest import GapNet, HandNet, hook_count
+from tests.conftest import GapNet, HandNet, hook_count, tiny_tv
 
 A = torch.tensor([1.0, 0.0, 1.0, 0.0])  # concept a lights channels 0 and 2
 B = torch.tensor([0.0, 2.0, 0.0, 1.0])  # concept b lights channels 1 and 3
@@ -126,11 +125,7 @@ def test_maps_are_upsampled_and_comparable_across_images() -> None:
 
 
 def test_tokens_and_a_head_that_is_not_gap_linear() -> None:
-    torch.manual_seed(0)
-    model = torchvision.models.VisionTransformer(
-        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32,
-        num_classes=5,
-    ).eval()  # fmt: skip
+    model = tiny_tv().eval()
     out = factorize(model, torch.randn(2, 3, 32, 32), 4, "encoder.layers.encoder_layer_1.ln_1")
     assert out.raw.shape == (2, 4, 4, 4) and out.maps.shape == (2, 4, 32, 32)
     assert out.concepts.shape == (4, 16) and out.labels is None  # a class-token head

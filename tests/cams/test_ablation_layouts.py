@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torchvision
 from torch import nn
 
 import camlens
 from camlens.demo import load_model, shapes
-from tests.conftest import capture, hook_count
+from tests.conftest import capture, hook_count, tiny_tv
 
 
 def _hooked(model: nn.Module, module: nn.Module, x: torch.Tensor, change) -> torch.Tensor:
@@ -59,18 +58,7 @@ def _reference_tokens(model, module, x, target, prefix, grid, method):
 
 @pytest.fixture(scope="module")
 def tiny_vit():
-    torch.manual_seed(0)
-    model = torchvision.models.VisionTransformer(
-        image_size=32,
-        patch_size=8,
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=16,
-        mlp_dim=32,
-        num_classes=5,
-    ).eval()
-    nn.init.normal_(model.heads.head.weight, std=0.5)  # torchvision zero-initialises the head
-    return model, torch.randn(2, 3, 32, 32)
+    return tiny_tv().eval(), torch.randn(2, 3, 32, 32)
 
 
 @pytest.mark.parametrize("method", ["reciprocam", "ablationcam"])

@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import Tensor, nn
 
 import camlens
@@ -23,6 +22,7 @@ from camlens.cams.attention import (
 from camlens.cams.model_based import ModelCall
 from camlens.errors import InputError, UnsupportedModelError
 from camlens.registry import get_method
+from tests.conftest import tiny_tv
 
 # -- the pure maths, by hand ------------------------------------------------------------------
 
@@ -287,16 +287,6 @@ def hf_reference(model, x: Tensor, store: list[Tensor]) -> Tensor:
         h = h + out(y)
         h = h + layer.mlp(layer.layernorm_after(h))
     return model.classifier(model.vit.layernorm(h)[:, 0])
-
-
-def tiny_tv() -> nn.Module:
-    torch.manual_seed(0)
-    model = torchvision.models.VisionTransformer(
-        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32,
-        num_classes=5,
-    )  # fmt: skip
-    nn.init.normal_(model.heads.head.weight)  # torchvision zero-initialises the head
-    return model
 
 
 def tiny_timm(**kwargs) -> nn.Module:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 import camlens
 from camlens.blocks import find_blocks
@@ -14,22 +14,7 @@ from camlens.cams.model_based import ModelCall
 from camlens.errors import LayerError
 from camlens.registry import get_method
 from tests.cams.test_attention import attend, grid_of, heads, picker, state, tiny_hf, tiny_timm
-from tests.cams.test_attention import tiny_tv as _tiny_tv
-
-
-def tiny_tv(layers: int = 2) -> nn.Module:
-    if layers == 2:
-        return _tiny_tv()
-    import torchvision
-
-    torch.manual_seed(0)
-    model = torchvision.models.VisionTransformer(
-        image_size=32, patch_size=8, num_layers=layers, num_heads=2, hidden_dim=16, mlp_dim=32,
-        num_classes=5,
-    )  # fmt: skip
-    nn.init.normal_(model.heads.head.weight)
-    return model
-
+from tests.conftest import tiny_tv
 
 # -- the pure maths, by hand ------------------------------------------------------------------
 
