@@ -266,3 +266,68 @@ def test_attention_methods_with_frozen_parameters_unused_layers_and_float64() ->
     with pytest.raises(InputError) as err:
         gae(ModelCall(model, x, ids, cube, [], to_grid=grid_of(2, 1), num_prefix=1))
     assert str(err.value) == "scores must be (B,) or (B, T), got (2, 4, 1)"
+
+
+def test_explicit_attention_groups_key_heads_on_dim_minus_3_whatever_the_other_sizes() -> None:
+    """enable_gqa repeats the H_k key/value heads (dim -3) to the H_q query heads, as SDPA does,
+    with batches other than H_k and H_q and head counts equal to the feature size, so that no
+    other dimension can stand in for the heads; H_k must divide H_q."""
+    gen = torch.Generator().manual_seed(2)
+    for b, hq, hk, e in ((3, 4, 2, 4), (4, 4, 2, 2), (1, 6, 3, 5), (2, 4, 1, 3)):
+        q = torch.randn(b, hq, 3, e, generator=gen, dtype=D)
+        k = torch.randn(b, hk, 5, e, generator=gen, dtype=D)
+        v = torch.randn(b, hk, 5, 2, generator=gen, dtype=D)
+        out, probs = explicit_attention(q, k, v, enable_gqa=True)
+        rep = k.repeat_interleave(hq // hk, dim=-3)  # query head i reads key head i // groups
+        want = torch.softmax(q @ rep.transpose(-2, -1) / e**0.5, dim=-1)
+        assert probs.shape == (b, hq, 3, 5) and torch.allclose(probs, want), (b, hq, hk, e)
+        assert torch.allclose(out, F.scaled_dot_product_attention(q, k, v, enable_gqa=True))
+    for hq, hk in ((3, 2), (2, 4)):
+        q = torch.randn(2, hq, 3, 4, dtype=D)
+        k = v = torch.randn(2, hk, 5, 4, dtype=D)
+        with pytest.raises(RuntimeError):  # SDPA refuses too
+            F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+        with pytest.raises(InputError) as err:
+            explicit_attention(q, k, v, enable_gqa=True)
+        assert str(err.value) == (
+            f"scaled_dot_product_attention with enable_gqa: the {hk} key/value heads must divide "
+            f"the {hq} query heads (dim -3); give key and value a number of heads that divides "
+            "the query's"
+        )
+
+
+def test_explicit_attention_zeroes_exactly_the_rows_whose_logits_are_all_minus_inf() -> None:
+    """P = 0 on a query row whose logits are all -inf, as SDPA's math backend (safe softmax),
+    whatever empties the row: a boolean mask per head (L = 3 != S = 6) emptying a row in one
+    head only, a (L, S) mask on 3-D inputs, and, with a causal mask or no mask at all, an
+    infinite query. Every other row is the plain softmax."""
+    q, k, v = qkv()  # (2, 4, 3, 5), (2, 4, 6, 5)
+    keep = torch.ones(4, 3, 6, dtype=torch.bool)
+    keep[0, 1] = False  # query 1 of head 0 attends nothing; heads 1-3 attend every key
+    keep[2, 2, :4] = False  # a row partly masked
+    out, probs = explicit_attention(q, k, v, attn_mask=keep)
+    logits = (q @ k.transpose(-2, -1) / 5**0.5).masked_fill(~keep, float("-inf"))
+    want = torch.softmax(logits, dim=-1)
+    want[:, 0, 1] = 0.0
+    assert torch.equal(probs[:, 0, 1], torch.zeros(2, 6, dtype=D))
+    assert torch.allclose(probs, want) and torch.allclose(
+        probs[:, 1:].sum(-1), torch.ones(2, 3, 3, dtype=D)
+    )
+    assert torch.allclose(out, F.scaled_dot_product_attention(q, k, v, attn_mask=keep))
+    rows = torch.ones(3, 6, dtype=torch.bool)
+    rows[1] = False  # 3-D inputs (B, L, E): query 1 of every batch attends nothing
+    out3, probs3 = explicit_attention(q[0], k[0], v[0], attn_mask=rows)
+    assert torch.equal(probs3[:, 1], torch.zeros(4, 6, dtype=D))
+    assert torch.allclose(probs3[:, [0, 2]].sum(-1), torch.ones(4, 2, dtype=D))
+    assert torch.allclose(out3, F.scaled_dot_product_attention(q[0], k[0], v[0], attn_mask=rows))
+    k = k.clone()
+    k[..., 0] = k[..., 0].abs() + 0.1  # every key > 0 on feature 0 ...
+    q = q.clone()
+    q[0, 2, 1, 0] = float("-inf")  # ... so query 1 of batch 0, head 2 has only -inf logits
+    for kwargs in ({}, {"is_causal": True}):
+        out, probs = explicit_attention(q, k, v, **kwargs)
+        assert torch.equal(probs[0, 2, 1], torch.zeros(6, dtype=D)), kwargs
+        sums = probs.sum(-1)
+        sums[0, 2, 1] = 1.0
+        assert torch.allclose(sums, torch.ones(2, 4, 3, dtype=D)), kwargs
+        assert torch.allclose(out, F.scaled_dot_product_attention(q, k, v, **kwargs)), kwargs

@@ -59,9 +59,10 @@ def explicit_attention(
 
     M: a boolean ``attn_mask`` (True = may attend) becomes 0 / -inf, a float one is added as is;
     ``is_causal`` keeps keys j <= i. With ``enable_gqa`` the H_k key/value heads are repeated to
-    the H_q query heads (dim -3), as SDPA does. A query whose keys are all masked gets P = 0
-    there (as SDPA's math backend). Shapes: query (..., L, E), key (..., S, E), value
-    (..., S, E_v) -> output (..., L, E_v), P (..., L, S).
+    the H_q query heads (dim -3), as SDPA does; H_k must divide H_q. A query whose logits are
+    all -inf (every key masked, or infinite inputs, with or without a mask) gets P = 0 on that
+    row, as SDPA's math backend (its safe softmax). Shapes: query (..., L, E), key (..., S, E),
+    value (..., S, E_v) -> output (..., L, E_v), P (..., L, S).
     """
     if dropout_p > 0.0:
         raise UnsupportedModelError(
@@ -73,6 +74,12 @@ def explicit_attention(
         raise InputError("scaled_dot_product_attention: give attn_mask or is_causal, not both")
     n_query, n_key = query.shape[-2], key.shape[-2]
     if enable_gqa and key.shape[-3] != query.shape[-3]:
+        if query.shape[-3] % key.shape[-3]:
+            raise InputError(
+                f"scaled_dot_product_attention with enable_gqa: the {key.shape[-3]} key/value "
+                f"heads must divide the {query.shape[-3]} query heads (dim -3); give key and "
+                "value a number of heads that divides the query's"
+            )
         groups = query.shape[-3] // key.shape[-3]
         key = key.repeat_interleave(groups, dim=-3)
         value = value.repeat_interleave(groups, dim=-3)
@@ -87,9 +94,8 @@ def explicit_attention(
         logits = logits + attn_mask
     if keep is not None:
         logits = logits.masked_fill(~keep, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    if keep is not None or attn_mask is not None:
-        probs = probs.masked_fill(torch.isneginf(logits).all(dim=-1, keepdim=True), 0.0)
+    probs = torch.softmax(logits, dim=-1)  # NaN on a row of -inf: such rows get 0, as in SDPA
+    probs = probs.masked_fill(torch.isneginf(logits).all(dim=-1, keepdim=True), 0.0)
     return probs @ value, probs
 
 
