@@ -180,6 +180,7 @@ def test_gae_on_a_hand_computed_model() -> None:
     assert result.maps is None
     assert torch.allclose(result.raw["attention"], expected, atol=1e-12)
     assert torch.allclose(result.extras["tokens"], r[:, 0], atol=1e-12)
+    assert torch.equal(result.class_ids, ids)
 
 
 def test_several_targets_per_image_equal_separate_calls() -> None:
@@ -194,9 +195,14 @@ def test_several_targets_per_image_equal_separate_calls() -> None:
         one = gae(ModelCall(model, x, ids[:, t], picker(ids[:, t]), [], to_grid=grid, num_prefix=1))
         assert torch.allclose(many.raw["attention"][:, t], one.raw["attention"], atol=1e-12)
         assert torch.allclose(many.scores[:, t], one.scores)
+    assert torch.equal(many.class_ids, ids)
     agnostic = rollout(ModelCall(model, x, ids, picker(ids), [], to_grid=grid, num_prefix=1))
     assert agnostic.raw["attention"].shape == (2, 3, 2, 2)
     assert torch.equal(agnostic.raw["attention"][:, 0], agnostic.raw["attention"][:, 2])
+    one = rollout(ModelCall(model, x, ids[:, 0], picker(ids[:, 0]), [], to_grid=grid, num_prefix=1))
+    assert agnostic.extras["tokens"].shape == (2, 3, 5)  # (B, T, N): every target, every token
+    assert torch.equal(agnostic.extras["tokens"], one.extras["tokens"][:, None].expand(-1, 3, -1))
+    assert torch.allclose(agnostic.scores, many.scores) and torch.equal(agnostic.class_ids, ids)
 
 
 def test_rollout_on_the_tiny_model() -> None:
@@ -213,6 +219,14 @@ def test_rollout_on_the_tiny_model() -> None:
             0.5 * eye + 0.5 * a1
         )
     assert torch.allclose(result.raw["attention"], r[:, 0, 1:].reshape(2, 2, 2), atol=1e-12)
+    # the class token's row of R over every token (prefix included), the model's logits of
+    # the targets, the targets
+    assert result.extras["tokens"].shape == (2, n)
+    assert torch.allclose(result.extras["tokens"], r[:, 0], atol=1e-12)
+    with torch.no_grad():
+        logits = model(x).gather(1, ids[:, None])[:, 0]
+    assert torch.allclose(result.scores, logits, atol=1e-12)
+    assert torch.equal(result.class_ids, ids)
 
 
 def test_without_to_grid_a_square_grid_after_the_prefix_tokens() -> None:
