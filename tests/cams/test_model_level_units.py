@@ -3,6 +3,8 @@ capture of nn.MultiheadAttention's probabilities through F.multi_head_attention_
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -106,6 +108,44 @@ def test_functional_mha_dropout_and_causal_are_refused_with_their_reason() -> No
     )
 
 
+def test_functional_mha_weights_that_are_not_a_view_of_the_heads_probabilities_are_refused() -> (
+    None
+):
+    """The torch-version guard: a F.multi_head_attention_forward whose weights are not a view
+    of the (B * heads, L, S) P (none, a tensor of their own, a view of a tensor of another
+    rank, of a first dimension that the heads do not divide) is refused, nothing recorded."""
+    real = F.multi_head_attention_forward
+
+    def returning(change):
+        @functools.wraps(real)  # the same signature, which _multi_head binds the arguments to
+        def fake(*args, **kwargs):
+            out, weights = real(*args, **kwargs)
+            return out, change(weights)
+
+        return fake
+
+    changes = (
+        lambda w: None,
+        lambda w: w.clone(),
+        lambda w: torch.zeros(2, *w.shape)[0],  # base (2, 3, 2, 5, 5): 2 heads divide 2
+        lambda w: torch.zeros(3, 5, 5)[None],  # base (3, 5, 5): 2 heads do not divide 3
+    )
+    for change in changes:
+        capture = AttentionCapture()
+        with torch.no_grad(), pytest.raises(UnsupportedModelError) as err:
+            capture._multi_head(returning(change), mha_args(), {})
+        assert str(err.value) == (
+            "could not read the attention probabilities of nn.MultiheadAttention in this torch "
+            f"version ({torch.__version__}); use a model built on "
+            "F.scaled_dot_product_attention"
+        )
+        assert capture.tensors == []
+    capture = AttentionCapture()  # the real function through the same door: recorded
+    with torch.no_grad():
+        capture._multi_head(returning(lambda w: w), mha_args(), {})
+    assert capture.shapes == [(-1, 2, 5, 5)]
+
+
 class ChannelsLastNet(nn.Module):
     """conv (bias) -> ReLU -> a Linear over channels-last (B, h, w, C) with a bias -> ReLU ->
     GAP -> Linear; plus a biased branch whose output is not used (no gradient reaches it)."""
@@ -147,6 +187,11 @@ def test_fullgrad_by_hand_on_non_square_images_with_a_channels_last_linear() -> 
     total = sum(t.flatten(1).sum(1) for t in (g_x * x, conv_term, mix_term))
     total = total + (g_fc * model.fc.bias.detach()).sum(1)
     assert torch.allclose(ex.extras["completeness"][:, 0], total.detach(), atol=1e-5)
+    # the explained scores are the model's logits of the targets, the targets those asked for
+    logits = z_fc.gather(1, target[:, None])[:, 0].detach()
+    assert torch.allclose(ex.scores, logits, atol=1e-6)
+    assert torch.allclose(ex.extras["completeness"][:, 1], logits, atol=1e-6)
+    assert torch.equal(ex.targets, target)
 
 
 def test_fullgrad_refuses_volumes_naming_the_methods_that_work() -> None:
@@ -162,6 +207,17 @@ def test_fullgrad_refuses_volumes_naming_the_methods_that_work() -> None:
         "use gradcam, gradcampp, layercam, hirescam, xgradcam, cam or scorecam"
     )
     assert camlens.method_info("fullgrad").inputs == "model"
+
+
+def test_guided_gradcam_without_the_engines_callback_is_refused() -> None:
+    from camlens.cams.model_based import ModelCall, guided_gradcam
+
+    call = ModelCall(nn.Identity(), torch.zeros(1, 1, 2, 2), 0, lambda o: (o, o), [])
+    with pytest.raises(ValueError) as err:
+        guided_gradcam(call)
+    assert str(err.value) == (
+        "guided_gradcam needs the engine's explain callback (ModelCall.explain)"
+    )
 
 
 def test_guided_relu_forward_and_backward() -> None:
