@@ -22,6 +22,7 @@ themselves are mutated. Other decorators are left alone (those functions are not
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import shutil
@@ -60,7 +61,14 @@ MODULES: dict[str, Target] = {
             "src/camlens/runners.py",
             "src/camlens/display.py",
         ),
-        ("tests/test_engine.py", "tests/test_errors.py"),
+        (
+            "tests/test_engine.py",
+            "tests/test_errors.py",
+            "tests/test_capture.py",
+            "tests/test_gradients.py",
+            "tests/test_runners.py",
+            "tests/test_display.py",
+        ),
     ),
     "metrics": Target(("src/camlens/metrics/*",), ("tests/metrics",)),
 }
@@ -110,6 +118,12 @@ def _toml_list(items: tuple[str, ...] | list[str]) -> str:
     return "[" + ", ".join(json.dumps(i) for i in items) + "]"
 
 
+def _selection(target: Target) -> str:
+    """The mutmut setting that selects the module's tests (those that exist in the checkout)."""
+    tests = [t for t in target.tests if (ROOT / t).exists()]
+    return f"pytest_add_cli_args_test_selection = {_toml_list(tests)}"
+
+
 def prepare(name: str, target: Target, workdir: Path) -> Path:
     """A fresh scratch copy for ``name`` with its mutmut configuration."""
     here = workdir / name
@@ -128,7 +142,7 @@ def prepare(name: str, target: Target, workdir: Path) -> Path:
         "\n[tool.mutmut]\n"
         'source_paths = ["src"]\n'
         f"only_mutate = {_toml_list(target.mutate)}\n"
-        f"pytest_add_cli_args_test_selection = {_toml_list(target.tests)}\n"
+        f"{_selection(target)}\n"
         'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "--no-header", "-x", '
         '"-o", "addopts="]\n'
         # fork each mutant's worker from mutmut's process, which has torch and the tests loaded:
@@ -199,6 +213,12 @@ def main(argv: list[str] | None = None) -> int:
         help="keep the scratch copy and its results, take the checkout's tests again and re-run "
         "only the mutants that were not killed (after triage added tests)",
     )
+    parser.add_argument(
+        "--mutants",
+        default="*",
+        help="with --rerun: only the survivors whose names match this glob "
+        "(e.g. 'camlens.capture.*'), to re-check one file's survivors",
+    )
     args = parser.parse_args(argv)
     names = args.modules or list(MODULES)
     unknown = [n for n in names if n not in MODULES]
@@ -213,11 +233,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.rerun and (here / "mutants").exists():
             refresh_tests(here)
             config = here / "pyproject.toml"
-            config.write_text(config.read_text().replace('"forkserver"', '"fork"'))
+            text = config.read_text().replace('"forkserver"', '"fork"')
+            lines = [
+                _selection(MODULES[name]) if line.startswith("pytest_add_cli_args_test") else line
+                for line in text.splitlines()
+            ]
+            config.write_text("\n".join(lines) + "\n")  # test files added since are judges too
             # first the mutants not checked yet, then (below) the survivors with the new tests
             with (here / "mutmut.log").open("a") as out:
                 subprocess.run(cmd, cwd=here, env=env, stdout=out, stderr=out, check=False)
-            cmd += [line.split(":")[0] for line in survivors(here, env)]
+            names_left = [line.split(":")[0] for line in survivors(here, env)]
+            chosen = [n for n in names_left if fnmatch.fnmatchcase(n, args.mutants)]
+            if not chosen:  # naming none would make mutmut run every mutant again
+                print(f"{name}: no surviving mutant matches {args.mutants!r}")
+                continue
+            cmd += chosen
         else:
             here = prepare(name, MODULES[name], args.workdir)
         start = time.perf_counter()
