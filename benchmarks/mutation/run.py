@@ -118,10 +118,16 @@ def _toml_list(items: tuple[str, ...] | list[str]) -> str:
     return "[" + ", ".join(json.dumps(i) for i in items) + "]"
 
 
-def _selection(target: Target) -> str:
-    """The mutmut setting that selects the module's tests (those that exist in the checkout)."""
-    tests = [t for t in target.tests if (ROOT / t).exists()]
-    return f"pytest_add_cli_args_test_selection = {_toml_list(tests)}"
+def write_judges(target: Target, here: Path) -> Path:
+    """``judges.txt``: the module's tests that exist in the checkout, one per line.
+
+    mutmut's setting names this file (pytest reads arguments from ``@FILE``), not the tests:
+    mutmut resets every result when its test-selection setting changes, whereas a test file
+    added to ``judges.txt`` later only makes mutmut map its new tests (``--rerun``).
+    """
+    judges = here / "judges.txt"
+    judges.write_text("".join(f"{t}\n" for t in target.tests if (ROOT / t).exists()))
+    return judges
 
 
 def prepare(name: str, target: Target, workdir: Path) -> Path:
@@ -137,12 +143,13 @@ def prepare(name: str, target: Target, workdir: Path) -> Path:
         for path in here.glob(pattern):
             if path.suffix == ".py":
                 path.write_text(undecorate(path.read_text()))
+    judges = write_judges(target, here)
     config = (ROOT / "pyproject.toml").read_text()
     config += (
         "\n[tool.mutmut]\n"
         'source_paths = ["src"]\n'
         f"only_mutate = {_toml_list(target.mutate)}\n"
-        f"{_selection(target)}\n"
+        f"pytest_add_cli_args_test_selection = {_toml_list(['@' + str(judges.resolve())])}\n"
         'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "--no-header", "-x", '
         '"-o", "addopts="]\n'
         # fork each mutant's worker from mutmut's process, which has torch and the tests loaded:
@@ -233,12 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.rerun and (here / "mutants").exists():
             refresh_tests(here)
             config = here / "pyproject.toml"
-            text = config.read_text().replace('"forkserver"', '"fork"')
-            lines = [
-                _selection(MODULES[name]) if line.startswith("pytest_add_cli_args_test") else line
-                for line in text.splitlines()
-            ]
-            config.write_text("\n".join(lines) + "\n")  # test files added since are judges too
+            config.write_text(config.read_text().replace('"forkserver"', '"fork"'))
+            write_judges(MODULES[name], here)  # test files added since are judges too
             # first the mutants not checked yet, then (below) the survivors with the new tests
             with (here / "mutmut.log").open("a") as out:
                 subprocess.run(cmd, cwd=here, env=env, stdout=out, stderr=out, check=False)
