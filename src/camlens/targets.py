@@ -23,6 +23,7 @@ The names in this module are the contract:
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -70,6 +71,19 @@ class Target:
 
 
 TargetSpec = Union[None, int, Sequence[int], Sequence[Sequence[int]], Tensor, Target, Callable]
+
+
+def _warn(message: str) -> None:
+    """A UserWarning attributed to the caller of camlens' outermost frame on the stack: the
+    user's ``explain``, ``Explainer`` or ``select`` call, however many frames of camlens (or of
+    wrappers between them) lie below it."""
+    inside: list[int] = []  # the stack levels of camlens' frames, innermost first
+    frame, level = sys._getframe(1), 2
+    while frame is not None:
+        if str(frame.f_globals.get("__name__")).split(".")[0] == "camlens":
+            inside.append(level)
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, stacklevel=inside[-1] + 1)
 
 
 def _batch_of(output: Any) -> int:
@@ -230,19 +244,19 @@ class Segmentation(Target):
             mask = logits[:batch].detach().argmax(dim=1) == ids.view(-1, *[1] * (chosen.ndim - 1))
             empty = ~mask.flatten(1).any(dim=1)
             if bool(empty.any()):
-                warnings.warn(
+                _warn(
                     f"segmentation({self.class_id}): no pixel is predicted as the class in "
                     f"image(s) {empty.nonzero()[:, 0].tolist()}, so their score is 0 and their "
-                    "map empty; pass mask= to explain a region",
-                    stacklevel=4,
+                    "map empty; pass mask= to explain a region"
                 )
         else:
             mask = torch.as_tensor(self.mask, device=logits.device)
+            given = tuple(mask.shape)
             if mask.ndim == chosen.ndim - 1:
                 mask = mask.expand(batch, *mask.shape)
             if tuple(mask.shape) != tuple(chosen.shape):
                 raise TargetError(
-                    f"segmentation mask has shape {tuple(mask.shape)}; the output's class maps "
+                    f"segmentation mask has shape {given}; the output's class maps "
                     f"are {tuple(chosen.shape)}: pass (B, H, W) or (H, W) at the output's size"
                 )
         mask = _repeat(mask.to(logits.dtype), copies)
@@ -363,21 +377,18 @@ def match_given(
 
 
 def stack_rows(
-    rows: list[Row],
-    threshold: float,
-    more: dict[str, list[Tensor]] | None = None,
-    stacklevel: int = 5,
+    rows: list[Row], threshold: float, more: dict[str, list[Tensor]] | None = None
 ) -> Selection:
-    """Per-image rows -> a (B, T) :class:`Selection`, padded to the most boxes T (id -1, score
-    0, box 0, not matched); ``more``: further per-image (T_i,) long extras, padded with -1."""
+    """Per-image rows (one per image, at least one) -> a (B, T) :class:`Selection`, padded to
+    the most boxes T (id -1, score 0, box 0, not matched); ``more``: further per-image (T_i,)
+    long extras, padded with -1. Warns when no image has a box."""
     if all(len(r[0]) == 0 for r in rows):
-        warnings.warn(
+        _warn(
             "detections(): no detection to explain (none scored >= "
-            f"{threshold} or matched a given box); the maps are empty",
-            stacklevel=stacklevel,
+            f"{threshold} or matched a given box); the maps are empty"
         )
     t = max(1, max(len(r[0]) for r in rows))
-    dev = rows[0][0].device if rows else torch.device("cpu")
+    dev = rows[0][0].device
     scores, ids, bxs, matched = [], [], [], []
     for s, i, b, m in rows:
         pad = t - len(s)
@@ -435,7 +446,8 @@ class Detections(Target):
                     "detection targets do not support smooth= or noisy-sample methods"
                 )
             return select_yolo(self, output, batch)
-        if not is_detections(output) or len(output) != batch:
+        # with noisy copies the output holds batch * (1 + copies) images: refused as such below
+        if not is_detections(output) or len(output) != batch * (1 + copies):
             raise UnsupportedModelError(
                 f"detections() needs a torchvision detector's output (a list of {batch} dicts "
                 f"with boxes, labels, scores) or an Ultralytics YOLO model's, got "

@@ -226,12 +226,7 @@ def select_yolo(target: Detections, output: Any, batch: int) -> Selection:
         )
     for chosen, level in zip(anchors_of, levels_of, strict=True):
         level[chosen < 0] = -1
-    return stack_rows(
-        rows,
-        target.score_threshold,
-        {"anchors": anchors_of, "levels": levels_of},
-        stacklevel=6,
-    )
+    return stack_rows(rows, target.score_threshold, {"anchors": anchors_of, "levels": levels_of})
 
 
 def _best_anchor(
