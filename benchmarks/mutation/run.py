@@ -51,7 +51,14 @@ MODULES: dict[str, Target] = {
         ("src/camlens/layouts.py",),
         ("tests/test_layouts.py", "tests/test_layouts_units.py", "tests/test_model_kinds.py"),
     ),
-    "targets": Target(("src/camlens/targets.py",), ("tests/test_targets.py",)),
+    "targets": Target(
+        ("src/camlens/targets.py",),
+        (
+            "tests/test_targets.py",
+            "tests/test_targets_units.py",
+            "tests/test_targets_detections.py",
+        ),
+    ),
     # the engine and the rooms it was split into (capture, gradients, runners, display)
     "engine": Target(
         (
