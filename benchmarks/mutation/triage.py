@@ -107,16 +107,27 @@ def changed_lines(diff: str) -> tuple[str, str]:
 
 
 def verdict(
-    name: str, removed: str, added: str, rules: list[Rule], by_name: dict[str, str]
+    name: str, removed: str, added: str, rules: list[Rule], by_name: dict[str, str | dict]
 ) -> str | None:
-    """``E: why`` (equivalent), the verdict written for this mutant, or None (untriaged)."""
+    """``E: why`` (equivalent), the verdict written for this mutant, or None (untriaged).
+
+    A verdict by name is a string, or ``{why = ..., change = ...}`` where ``change`` is the
+    mutant's line when the verdict was written: if the mutant now changes another line (its
+    function was edited and mutmut renumbered), the verdict is stale and ignored."""
     short = name.removeprefix("camlens.")  # verdicts.toml names mutants without the package
-    if short in by_name:
-        return by_name[short]
+    given = by_name.get(short)
+    if isinstance(given, str):
+        return given
+    if given is not None and _squash(given["change"]) == _squash(added or removed):
+        return str(given["why"])
     for rule in rules:
         if rule.matches(name, removed, added):
             return f"E: {rule.why}"
     return None
+
+
+def _squash(line: str) -> str:
+    return re.sub(r"\s+", "", line)
 
 
 def survivors(here: Path) -> list[tuple[str, str, str]]:

@@ -88,9 +88,18 @@ def test_real_changes_are_left_untriaged(removed: str, added: str) -> None:
 def test_verdicts_by_name_win_and_say_equivalent_or_gap() -> None:
     assert triage.verdict("camlens.a.b__mutmut_3", "x", "y", RULES, {"a.b__mutmut_3": "E: why"})
     assert BY_NAME, "verdicts.toml names no mutant"
-    for name, why in BY_NAME.items():
+    for name, given in BY_NAME.items():
         assert not name.startswith("camlens."), name
+        why = given if isinstance(given, str) else given["why"]
         assert why.startswith(("E: ", "GAP: ")), f"{name}: {why!r}"
+        assert isinstance(given, str) or set(given) == {"why", "change"}, name
+
+
+def test_a_verdict_written_for_another_line_is_stale() -> None:
+    by_name = {"a.f__mutmut_3": {"why": "E: sign is +-1", "change": "return proj / sign"}}
+    args = ("camlens.a.f__mutmut_3", "return proj * sign")
+    assert triage.verdict(*args, "return  proj / sign", RULES, by_name) == "E: sign is +-1"
+    assert triage.verdict(*args, "return proj * 2", RULES, by_name) is None
 
 
 def test_changed_lines_of_a_unified_diff() -> None:
