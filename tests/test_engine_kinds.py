@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import camlens
-from camlens.capture import noisy_copies
 from camlens.cams.finer import contrast_score
+from camlens.capture import noisy_copies
 from camlens.maps import minmax, to_heatmap, upsample
 from camlens.registry import get_method
 from tests.conftest import HandNet
