@@ -148,7 +148,7 @@ def test_a_map_below_zero_everywhere_warns_where() -> None:
     assert not ex.maps[0, 0].any() and ex.maps[0, 1].any()
 
 
-class Boom(Exception):
+class BoomError(Exception):
     pass
 
 
@@ -161,7 +161,7 @@ class ExplodesLater(Net):
 
     def forward(self, x):
         if self.calls + 1 >= self.fuse:
-            raise Boom("boom")
+            raise BoomError("boom")
         return super().forward(x)
 
 
@@ -190,7 +190,7 @@ def test_the_model_is_left_as_it_came_after_an_exception(method, options, fuse) 
         model.calls = 0
         try:
             camlens.explain(model, images(), method, layer, target, **options)
-        except Boom:
+        except BoomError:
             pass
         assert [m.training for m in model.modules()] == modes
         assert [p.requires_grad for p in model.parameters()] == flags
@@ -219,7 +219,7 @@ class Bound(Target):
 
     def select(self, output, batch, copies=0, score=None):
         if self.fail:
-            raise Boom("boom")
+            raise BoomError("boom")
         return select_scores(self.ids, output, batch, copies, score)
 
 
@@ -234,7 +234,7 @@ def test_a_bound_target_runs_its_module_for_one_call() -> None:
     assert torch.allclose(ex.scores, 2 * logits.gather(1, ids[:, None])[:, 0], atol=1e-6)
     assert torch.allclose(ex.raw["features"], get_method("gradcam").fn(acts, grads), atol=1e-6)
     model.train()
-    with pytest.raises(Boom):
+    with pytest.raises(BoomError):
         explainer(x, Bound(ids.tolist(), fail=True))
     assert explainer.model is model and model.training and hook_count(model) == 0
 
