@@ -110,7 +110,7 @@ def noisy_grads(model: Net, x, copies: int, std: float, seed: int, ids):
 
 
 def test_smoothgradcampp_samples_noisy_copies_from_the_seed() -> None:
-    model, x = Net().eval(), images()
+    model, x = CubeNet().eval(), images()  # gradients that vary with the input
     ex = camlens.explain(
         model, x, "smoothgradcampp", "features", IDS, samples=3, smooth_std=0.3, seed=4
     )
@@ -259,3 +259,18 @@ def test_model_level_and_probe_methods_explain_the_given_classes(method: str) ->
     # another class gives another map
     other = explainer(x, [1, 1, 1])
     assert not torch.allclose(other.maps, ex.maps, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("target", "extra"), [(IDS, {"smooth": 2}), (torch.tensor([[4, 1], [0, 3], [2, 2]]), {})]
+)
+def test_finercam_base_reaches_the_smooth_and_table_paths(target, extra) -> None:
+    """With gamma = 0 the contrast is y^c: Finer-CAM on base B is B itself."""
+    model, x = CubeNet().eval(), images()
+    fine = camlens.explain(
+        model, x, "finercam", "features", target, base="layercam", gamma=0.0, **extra
+    )
+    base = camlens.explain(model, x, "layercam", "features", target, **extra)
+    other = camlens.explain(model, x, "gradcam", "features", target, **extra)
+    assert torch.allclose(fine.raw["features"], base.raw["features"], atol=1e-6)
+    assert not torch.allclose(base.raw["features"], other.raw["features"], atol=1e-4)
