@@ -70,6 +70,11 @@ MODULES: dict[str, Target] = {
         ),
         (
             "tests/test_engine.py",
+            "tests/test_engine_kinds.py",
+            "tests/test_engine_multi.py",
+            "tests/test_engine_options.py",
+            "tests/test_engine_state.py",
+            "tests/test_engine_detectors.py",
             "tests/test_errors.py",
             "tests/test_capture.py",
             "tests/test_gradients.py",
