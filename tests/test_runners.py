@@ -225,6 +225,26 @@ def test_a_callable_layout_is_the_users_word() -> None:
     out = ex(a, 0)
     assert torch.allclose(out.raw["features"], ablation_by_hand(a, torch.tensor([0, 0])), rtol=1e-5)
     assert ex._layouts == {}  # no layout inferred for the probe
+    assert calls == [(2, 3, 2, 3)]
+
+
+@pytest.mark.parametrize("method", ["ablationcam", "reciprocam"])
+def test_a_callable_layout_that_moves_the_axes_is_refused(method) -> None:
+    """It cannot be undone to put modified activations back: before, the probe ran on the
+    tokens as they came, (B, N, C) read as N channels, and gave a (B, C) "map"."""
+
+    def grid(t: Tensor) -> Tensor:
+        return t[:, 1:].transpose(1, 2).reshape(t.shape[0], 3, 2, 3)
+
+    message = (
+        "this method re-runs the network after the layer on modified activations of shape "
+        "(2, 7, 3), and a callable layout= cannot be undone to put them back; pass "
+        "layout='tokens', 'nhwc' or None instead"
+    )
+    with exactly(InputError, message):
+        camlens.explain(Tokens().eval(), acts(), method, "features", 0, layout=grid)
+    with exactly(InputError, message.replace("(2, 7, 3)", "(2, 3, 2, 3)")):
+        camlens.explain(hand(), acts(), method, "features", 0, layout=lambda t: t.flip(1))
 
 
 def test_a_list_of_images_is_refused() -> None:
