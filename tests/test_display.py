@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import re
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 
+import camlens
 from camlens.display import display_maps, framed, logits_or_none, warn_empty_maps
 from camlens.fusion import fuse_layers
 from camlens.maps import minmax
@@ -161,4 +163,6 @@ def test_each_layer_is_reported_and_nothing_without_layers() -> None:
 def test_the_warning_names_the_callers_line() -> None:
     with pytest.warns(UserWarning, match="^" + re.escape(_message("m", "l", "[[0]]")) + "$") as w:
         warn_empty_maps([-torch.ones(1, 2, 2)], 2, ["l"], "m")
-    assert w[0].filename == __file__
+    # this file, or a wrapper around camlens' functions between it and camlens (a mutation
+    # tool's trampoline): never camlens' own code (tests/test_caller.py pins the exact line)
+    assert not Path(w[0].filename).resolve().is_relative_to(Path(camlens.__file__).parent.resolve())
