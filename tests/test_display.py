@@ -140,7 +140,7 @@ def test_an_empty_map_is_reported_with_where_it_is() -> None:
     raw[0, 1] = -1.0
     raw[1, 2] = torch.tensor([[0.0, -2.0], [0.0, 0.0]])  # max 0, min < 0: empty too
     raw[1, 0] = 0.0  # exactly zero: warned about elsewhere, not here
-    raw[0, 2] = torch.tensor([[5.0, -2.0], [-1.0, -1.0]])  # positive somewhere
+    raw[0, 2] = torch.tensor([[0.5, -2.0], [-1.0, -1.0]])  # positive somewhere
     assert _warned([raw], 2, ["a.b"], "gradcam") == [_message("gradcam", "a.b", "[[0, 1], [1, 2]]")]
 
 

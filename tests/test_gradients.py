@@ -199,3 +199,21 @@ def test_diagonal_derivatives_refuse_a_constant_score() -> None:
     (a,) = leaves(1, 2, 2, 2, count=1)
     with pytest.raises(TargetError, match="does not depend on the explained layer"):
         diagonal_derivatives(torch.ones(1), [a], ["a"])
+
+
+def test_the_hessian_of_a_head_linear_in_every_layer_is_zero_without_a_second_pass() -> None:
+    a, b = leaves(1, 2, 2, 2, seed=11)
+    grads, hvps = gradients(
+        a.sum(dim=(1, 2, 3)) - 3 * b.mean(dim=(1, 2, 3)), [a, b], ["a", "b"], True
+    )
+    assert isinstance(hvps, list) and [h.shape for h in hvps] == [a.shape, b.shape]
+    assert all(torch.equal(h, torch.zeros_like(h)) for h in hvps)
+    assert torch.equal(grads[1], torch.full_like(b, -3 / 8))
+
+
+def test_diagonal_derivatives_of_one_image() -> None:
+    (a,) = leaves(1, 2, 2, 2, seed=12, count=1)
+    grads, d2, d3 = diagonal_derivatives((a**3).sum(dim=(1, 2, 3)), [a], ["a"], chunk=3)
+    assert torch.allclose(grads[0], 3 * a.detach() ** 2, rtol=0, atol=1e-14)
+    assert torch.allclose(d2[0], (6 * a.detach()).float(), atol=1e-6)
+    assert torch.allclose(d3[0], torch.full((1, 2, 2, 2), 6.0), atol=1e-6)

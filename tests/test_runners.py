@@ -360,3 +360,16 @@ def test_model_level_runs_refuse_nothing_the_method_accepts() -> None:
     ex._layers = [("features", ex.model.features)]
     out = run_model_level(ex, acts(), acts(), 0)
     assert out.method == "fullgrad" and len(seen) == 1
+
+
+def test_one_model_level_raw_map_is_scaled_as_layercam_too() -> None:
+    ex = camlens.Explainer(hand(), "fullgrad", "features")
+
+    def fn(call, **options) -> ModelResult:
+        raw = {"r": torch.tensor([[[0.0, 1.0, 2.0], [4.0, 4.0, 4.0]]]).expand(2, 2, 3)}
+        return ModelResult(raw, None, torch.zeros(2), torch.zeros(2).long(), {})
+
+    ex.method = dataclasses.replace(ex.method, fn=fn)
+    out = ex(acts(), 0)
+    t = torch.tanh(torch.tensor([0.0, 0.5, 1.0, 2.0, 2.0, 2.0])) / torch.tanh(torch.tensor(2.0))
+    assert torch.allclose(out.maps, t.view(1, 2, 3).expand(2, 2, 3), atol=1e-6)
