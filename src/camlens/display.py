@@ -7,12 +7,12 @@ frame cropped to the resized image. The maths of each step is in :mod:`camlens.m
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from typing import Any
 
 from torch import Tensor
 
+from camlens.caller import warn_user
 from camlens.fusion import fuse_layers
 from camlens.layouts import primary_or_none
 from camlens.maps import minmax, to_heatmap, upsample
@@ -71,10 +71,9 @@ def warn_empty_maps(raws: list[Tensor], nd: int, layers: list[str] | None, metho
         empty = (flat.amax(dim=1) <= 0) & (flat.amin(dim=1) < 0)
         if bool(empty.any()):
             where = empty.view(raw.shape[: raw.ndim - nd]).nonzero()[:5].tolist()
-            warnings.warn(
+            warn_user(
                 f"the {method} raw map of layer {name!r} is <= 0 everywhere at (image[, target]) "
                 f"{where}{' ...' if int(empty.sum()) > 5 else ''}, so its map is empty after the "
                 "ReLU: nothing in the layer speaks for the target (untrained weights, or a target "
-                "the image speaks against: try targets.counterfactual, another layer or method)",
-                stacklevel=5,
+                "the image speaks against: try targets.counterfactual, another layer or method)"
             )

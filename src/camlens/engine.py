@@ -10,7 +10,6 @@ after them. No ``backward()``, no parameter ``.grad``, no ``retain_graph``.
 from __future__ import annotations
 
 import inspect
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -19,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from camlens import cams as _cams  # noqa: F401  (registers the methods)
+from camlens.caller import warn_user
 from camlens.capture import Capture, check_images, noisy_copies, preserved_model
 from camlens.detection import scales
 from camlens.detection.mixed import explain_list, needs_grouping
@@ -373,12 +373,11 @@ class Explainer:
         elif info.needs_grads:
             grads, hvps = gradients(scores, acts, self.layers, hessian=info.inputs == "grads_hvp")
         if info.needs_grads and not any(bool(g.any()) for g in grads):
-            warnings.warn(
+            warn_user(
                 f"the gradient of the target score with respect to layer(s) {self.layers} is zero "
                 "everywhere, so every gradient map is empty: the score does not vary with the "
                 "layer (an untrained head initialised to zero, as torchvision's ViT heads are, "
-                "or a saturated target)",
-                stacklevel=4,
+                "or a saturated target)"
             )
         # Half-precision models and autocast: the formulas run in float32 (see precision.py).
         caller = autocast_state(images.device.type)

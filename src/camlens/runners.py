@@ -113,8 +113,18 @@ def _spatial_runner(
     Channels-last maps are permuted back. Tokens get their patch tokens from the modified map
     and their prefix tokens (class, distillation, register tokens) from the unmodified output
     of the same image: the methods mask or ablate the patch grid, never the prefix (as
-    ViT-ReciproCAM keeps the class token). A custom layout is taken to be channels-first.
+    ViT-ReciproCAM keeps the class token). A custom layout (a callable) cannot be inverted to
+    put modified activations back, so it is accepted only where it leaves the layer's output as
+    it is (already channels-first); otherwise the call is refused, not run on the wrong axes.
     """
+    if layout.kind == "custom" and layout.fn is not None:
+        mapped = layout.fn(native)
+        if not isinstance(mapped, Tensor) or not torch.equal(mapped, native):
+            raise InputError(
+                f"this method re-runs the network after the layer on modified activations of "
+                f"shape {tuple(native.shape)}, and a callable layout= cannot be undone to put "
+                "them back; pass layout='tokens', 'nhwc' or None instead"
+            )
     if layout.kind == "channels_last":
         return native.movedim(-1, 1), lambda x, owner: run(x.movedim(1, -1), owner)
     if layout.kind == "tokens":

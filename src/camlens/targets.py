@@ -23,8 +23,6 @@ The names in this module are the contract:
 
 from __future__ import annotations
 
-import sys
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
@@ -33,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from camlens.caller import warn_user
 from camlens.errors import TargetError, UnsupportedModelError
 from camlens.layouts import describe, is_detections, primary_output
 
@@ -71,19 +70,6 @@ class Target:
 
 
 TargetSpec = Union[None, int, Sequence[int], Sequence[Sequence[int]], Tensor, Target, Callable]
-
-
-def _warn(message: str) -> None:
-    """A UserWarning attributed to the caller of camlens' outermost frame on the stack: the
-    user's ``explain``, ``Explainer`` or ``select`` call, however many frames of camlens (or of
-    wrappers between them) lie below it."""
-    inside: list[int] = []  # the stack levels of camlens' frames, innermost first
-    frame, level = sys._getframe(1), 2
-    while frame is not None:
-        if str(frame.f_globals.get("__name__")).split(".")[0] == "camlens":
-            inside.append(level)
-        frame, level = frame.f_back, level + 1
-    warnings.warn(message, stacklevel=inside[-1] + 1)
 
 
 def _batch_of(output: Any) -> int:
@@ -244,7 +230,7 @@ class Segmentation(Target):
             mask = logits[:batch].detach().argmax(dim=1) == ids.view(-1, *[1] * (chosen.ndim - 1))
             empty = ~mask.flatten(1).any(dim=1)
             if bool(empty.any()):
-                _warn(
+                warn_user(
                     f"segmentation({self.class_id}): no pixel is predicted as the class in "
                     f"image(s) {empty.nonzero()[:, 0].tolist()}, so their score is 0 and their "
                     "map empty; pass mask= to explain a region"
@@ -383,7 +369,7 @@ def stack_rows(
     the most boxes T (id -1, score 0, box 0, not matched); ``more``: further per-image (T_i,)
     long extras, padded with -1. Warns when no image has a box."""
     if all(len(r[0]) == 0 for r in rows):
-        _warn(
+        warn_user(
             "detections(): no detection to explain (none scored >= "
             f"{threshold} or matched a given box); the maps are empty"
         )
