@@ -300,3 +300,9 @@ def test_boxes_to_masks_pixel_centres_on_the_edges() -> None:
     assert torch.equal(masks, expected)
     empty = boxes_to_masks([], (3, 2))
     assert empty.shape == (0, 3, 2) and empty.dtype == torch.bool
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_boxes_to_masks_stay_on_the_boxes_device() -> None:
+    masks = boxes_to_masks(torch.tensor([[0.0, 0.0, 2.0, 1.0]], device="cuda"), (3, 3))
+    assert masks.device.type == "cuda" and int(masks.sum()) == 2

@@ -353,3 +353,13 @@ def test_errors_name_what_would_work() -> None:
     msg = "nothing to randomise: give at least one module name in layers"
     with pytest.raises(InputError, match="^" + re.escape(msg) + "$"):
         sanity_randomization(model, image, fixed_map, 0, layers=[])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_callers_cuda_rng_is_untouched() -> None:
+    """Initialisers on a CUDA model draw from the CUDA generator: it is forked too."""
+    model = OwnNet().cuda()
+    images = torch.rand(2, 3, 11, 11, device="cuda")
+    state = torch.cuda.get_rng_state()
+    sanity_randomization(model, images, fixed_map, 0)
+    assert torch.equal(torch.cuda.get_rng_state(), state)
