@@ -266,6 +266,12 @@ def test_box_iou_by_hand() -> None:
     )
     torch.testing.assert_close(_box_iou(a, b), expected)
     assert _box_iou(a[2:], a[2:]).tolist() == [[0.0]]
+    # ground-truth boxes may be fractional: a union below one pixel is still a true ratio
+    half = torch.tensor([[0.0, 0.0, 0.5, 0.5]])
+    quarter = torch.tensor([[0.0, 0.0, 0.5, 0.25]])
+    torch.testing.assert_close(
+        _box_iou(half, torch.cat([half, quarter])), torch.tensor([[1.0, 0.5]])
+    )
 
 
 def test_box_localisation_per_image_threshold_and_empty_sets() -> None:
