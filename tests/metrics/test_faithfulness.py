@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -219,3 +221,173 @@ def test_perturbed_images_go_through_in_batches_of_batch_size() -> None:
     out = deletion(Spy(), images, maps, 0, step=2, batch_size=7, score="logit")
     assert out.curves.shape == (3, 19)
     assert seen[0] == 3 and max(seen[1:]) == 7 and sum(seen[1:]) == 3 * 19
+
+
+# -- options reach the computation; edges; whole messages ----------------------------------
+
+
+class DiffNet(nn.Module):
+    """Logits (s, -s) with s the pixel sum: dimming the image raises class 1's logit."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        s = x.flatten(1).sum(dim=1)
+        return torch.stack([s, -s], dim=1)
+
+
+class Spy(SumNet):
+    """SumNet that records the batch size of every forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[int] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.seen.append(x.shape[0])
+        return super().forward(x)
+
+
+def _raises(msg: str):
+    return pytest.raises(InputError, match="^" + re.escape(msg) + "$")
+
+
+def test_targets_and_options_reach_average_drop_and_increase() -> None:
+    image = torch.rand(2, 1, 3, 3) + 0.1
+    half = torch.full((2, 3, 3), 0.5)
+    # class 1's logit -s rises to -s/2: no drop, an increase; the top class 0 drops by 50 %
+    assert average_drop(DiffNet(), image, half, 1, score="logit").tolist() == [0.0, 0.0]
+    torch.testing.assert_close(
+        average_drop(DiffNet(), image, half, score="logit"), torch.full((2,), 50.0)
+    )
+    assert increase_in_confidence(DiffNet(), image, half, 1, score="logit").tolist() == [100.0] * 2
+    assert increase_in_confidence(DiffNet(), image, half, score="logit").tolist() == [0.0] * 2
+    # a baseline of 2 brightens the image: an increase of the sum's logit, by the option only
+    assert increase_in_confidence(SumNet(), image, half, 0, baseline=2.0).tolist() == [100.0] * 2
+    conf = masked_confidence(DiffNet(), image, half, torch.tensor([1, 0]), score="logit")
+    assert conf.targets.tolist() == [1, 0]
+    s = image.flatten(1).sum(1)
+    torch.testing.assert_close(conf.full, torch.stack([-s[0], s[1]]))
+    torch.testing.assert_close(conf.masked, conf.full / 2)
+
+
+def test_masked_confidence_per_image_baselines_in_batches_of_one() -> None:
+    model = Spy()
+    images = torch.rand(3, 1, 4, 4)
+    maps = torch.rand(3, 4, 4)
+    base = torch.rand(3, 1, 4, 4) * 3
+    conf = masked_confidence(model, images, maps, 0, score="logit", baseline=base, batch_size=1)
+    expected = (base + maps[:, None] * (images - base)).flatten(1).sum(1)
+    torch.testing.assert_close(conf.masked, expected)
+    assert model.seen == [1] * 6  # 3 to resolve the targets, 3 masked images
+
+
+def test_the_default_batch_is_64_images() -> None:
+    images, maps = torch.rand(65, 1, 2, 2), torch.rand(65, 2, 2)
+    model = Spy()
+    masked_confidence(model, images, maps, 0)
+    assert model.seen == [64, 1, 64, 1]
+    model.seen.clear()
+    deletion(model, images, maps, 0)  # 4 pixels: 5 points each, 325 perturbed images
+    assert model.seen == [64, 1] + [64] * 5 + [5]
+    model.seen.clear()
+    insertion(model, images, maps, 0)
+    assert model.seen == [64, 1] + [64] * 5 + [5]
+
+
+def test_curves_resolve_targets_in_batches_too() -> None:
+    model = Spy()
+    deletion(model, torch.rand(3, 1, 2, 2), torch.rand(3, 2, 2), 0, step=4, batch_size=2)
+    assert model.seen == [2, 1, 2, 2, 2]  # targets: 2 + 1; then 3 images x 2 points
+
+
+def test_only_the_curves_show_a_progress_bar_named_after_them(capsys) -> None:
+    images, maps = torch.rand(2, 1, 4, 4), torch.rand(2, 4, 4)
+    deletion(SumNet(), images, maps, 0)
+    insertion(SumNet(), images, maps, 0)
+    masked_confidence(SumNet(), images, maps, 0)
+    assert capsys.readouterr().err == ""
+    deletion(SumNet(), images, maps, 0, progress=True)
+    err = capsys.readouterr().err  # tqdm's line: "\rdeletion:   0%|..."
+    assert "\rdeletion: " in err and "insertion" not in err
+    insertion(SumNet(), images, maps, 0, progress=True)
+    err = capsys.readouterr().err
+    assert "\rinsertion: " in err and "deletion" not in err
+
+
+def test_map_range_errors_in_full() -> None:
+    model, images = SumNet(), torch.rand(2, 1, 4, 4)
+    msg = (
+        "maps must lie in [0, 1] to multiply the image; pass Explanation.maps (normalised), "
+        "not the raw maps"
+    )
+    with _raises(msg):
+        average_drop(model, images, torch.full((2, 4, 4), -0.1), 0)
+    with _raises(msg):
+        average_drop(model, images, torch.full((2, 4, 4), 1.5), 0)
+    with _raises("score must be 'prob' or 'logit', got 'probability'"):
+        average_drop(model, images, torch.rand(2, 4, 4), 0, score="probability")
+
+
+def test_win_rate_exact_ties_without_tolerance() -> None:
+    wins = win_rate({"a": torch.tensor([1.0, 3.0]), "b": torch.tensor([1.0, 2.0])}, tol=0.0)
+    assert wins == {"a": pytest.approx(25.0), "b": pytest.approx(75.0)}
+
+
+def test_gaussian_blur_matches_scipy() -> None:
+    """scipy's gaussian_filter with mode 'nearest' (edge replication) and radius kernel // 2."""
+    ndimage = pytest.importorskip("scipy.ndimage")
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(2, 3, 13, 16, generator=gen, dtype=torch.float64)
+    for kernel, sigma in ((11, 5.0), (5, 1.3), (3, 0.5)):
+        r = kernel // 2
+        ref = ndimage.gaussian_filter(
+            images.numpy(), sigma=(0, 0, sigma, sigma), mode="nearest", radius=(0, 0, r, r)
+        )
+        out = gaussian_blur(images, kernel, sigma)
+        assert out.dtype == torch.float64
+        torch.testing.assert_close(out, torch.from_numpy(ref), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(gaussian_blur(images, 1, 2.0), images)  # one tap: the image
+
+
+def test_gaussian_blur_errors_in_full() -> None:
+    image = torch.rand(1, 1, 5, 5)
+    for kernel, sigma in ((4, 5.0), (0, 5.0), (-1, 5.0), (3, 0.0), (3, -1.0)):
+        msg = f"blur kernel must be odd and >= 1 and sigma > 0, got {kernel}, {sigma}"
+        with _raises(msg):
+            gaussian_blur(image, kernel, sigma)
+
+
+def test_default_step_is_one_percent_of_the_pixels_rounded_up() -> None:
+    out = deletion(SumNet(), torch.rand(1, 1, 4, 4), torch.rand(1, 4, 4), 0)
+    assert len(out.fractions) == 17  # 16 pixels: step 1
+    out = deletion(SumNet(), torch.rand(1, 1, 1, 101), torch.rand(1, 1, 101), 0)
+    assert len(out.fractions) == 52  # 101 pixels: step 2, 51 steps (the last one pixel)
+    assert out.fractions[-1] == 1 and out.fractions[1] == pytest.approx(2 / 101)
+    images, maps = torch.rand(1, 1, 11, 11), torch.rand(1, 11, 11)
+    assert len(insertion(SumNet(), images, maps, 0).fractions) == 62  # 121 pixels: step 2
+    assert len(insertion(SumNet(), images, maps, 0, step=1).fractions) == 122
+    with _raises("step must be at least 1 pixel, got 0"):
+        deletion(SumNet(), images, maps, 0, step=0)
+
+
+def test_deletion_to_a_channel_or_per_image_baseline() -> None:
+    images, maps = torch.rand(2, 3, 4, 4), torch.rand(2, 4, 4)
+    b = black((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # (3, 1, 1)
+    out = deletion(SumNet(), images, maps, 0, step=4, score="logit", baseline=b, batch_size=3)
+    torch.testing.assert_close(out.curves[:, -1], (16 * b.sum()).repeat(2))
+    per = torch.rand(2, 1, 4, 4)  # one baseline image per image, one channel
+    out = deletion(SumNet(), images[:, :1], maps, 0, step=4, score="logit", baseline=per,
+                   batch_size=3)  # fmt: skip
+    torch.testing.assert_close(out.curves[:, -1], per.flatten(1).sum(1))
+
+
+def test_insertion_targets_and_default_probabilities() -> None:
+    torch.manual_seed(0)
+    images, maps = torch.rand(2, 1, 3, 3), torch.rand(2, 3, 3)
+    out = insertion(DiffNet(), images, maps, 1, score="logit")
+    assert out.targets.tolist() == [1, 1]
+    torch.testing.assert_close(out.curves[:, -1], -images.flatten(1).sum(1))
+    model = GapNet(in_ch=1)
+    images = torch.randn(2, 1, 6, 6)
+    out = insertion(model, images, torch.rand(2, 6, 6), 2)
+    with torch.no_grad():
+        torch.testing.assert_close(out.curves[:, -1], model(images).softmax(1)[:, 2])
