@@ -232,12 +232,12 @@ class PixelNet(nn.Module):
         return torch.stack([v, torch.zeros_like(v)], dim=1)
 
 
-def _one_pixel() -> tuple[Tensor, Tensor]:
-    """10 x 10 (n = 100) zeros with a 1 at (6, 3), ranked 60th (rank 59) by the map."""
+def _one_pixel(rank: int = 59) -> tuple[Tensor, Tensor]:
+    """10 x 10 (n = 100) zeros with a 1 at (6, 3), given ``rank`` (0 = first) by the map."""
     image = torch.zeros(1, 1, 10, 10)
     image[0, 0, 6, 3] = 1.0
     order = torch.arange(100.0).flip(0)  # pixel i ranked i-th: values 99, 98, ...
-    order[[59, 63]] = order[[63, 59]]  # (6, 3) is pixel 63: now rank 59
+    order[[rank, 63]] = order[[63, rank]]  # (6, 3) is pixel 63
     return image, order.view(1, 10, 10)
 
 
@@ -250,6 +250,14 @@ def test_road_removes_round_p_n_pixels_at_the_boundaries() -> None:
     assert out.morf[0].tolist() == [1, 1, 1, 1, 0, 0]
     assert out.lerf[0].tolist() == [1, 1, 0, 0, 0, 0]
     assert out.percentages.tolist() == pct and out.targets.tolist() == [0]
+
+
+def test_road_counts_are_rounded_in_double_precision() -> None:
+    # 29.5 % of 100 pixels: round(29.5) = 30 (float32 arithmetic would give 29.5 -> 29)
+    assert round(29.5 / 100 * 100) == 30
+    image, maps = _one_pixel(rank=29)
+    out = road(PixelNet(), image, maps, 0, percentages=[29.5], noise=0.0, score="logit")
+    assert out.morf[0].tolist() == [0.0]
 
 
 def test_road_scores_the_given_class() -> None:
