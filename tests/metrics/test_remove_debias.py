@@ -310,3 +310,14 @@ def test_road_bad_percentages_by_the_whole_message(pct) -> None:
     msg = f"percentages must be numbers in [0, 100], got {pct}"
     with pytest.raises(InputError, match="^" + re.escape(msg) + "$"):
         road(SumNet(), images, maps, 0, percentages=pct)
+
+
+def test_one_kept_pixel_fills_the_image_with_its_value_exactly() -> None:
+    # its value is the kept pixels' mean: the deviation to solve for is 0, so no solver error
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(2, 3, 32, 32, generator=gen)
+    keep = torch.zeros(2, 32, 32, dtype=torch.bool)
+    keep[0, 5, 7] = keep[1, 31, 0] = True
+    out = noisy_linear_impute(images, keep, noise=0.0)
+    value = torch.stack([images[0, :, 5, 7], images[1, :, 31, 0]])[:, :, None, None]
+    torch.testing.assert_close(out, value.expand_as(images), atol=1e-6, rtol=0)
