@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 import camlens
@@ -125,3 +128,128 @@ def test_bad_maps_are_refused(gapnet, images) -> None:
         adcc(gapnet, images, torch.randn(4, 16, 16), "gradcam")
     with pytest.raises(InputError, match="one per image"):
         coherency(gapnet, images, torch.rand(3, 16, 16), "gradcam")
+
+
+class SizedSumNet(SumNet):
+    """SumNet that records the batch size of every forward pass, scaled so that the
+    probabilities are not all 1."""
+
+    def __init__(self, scale: float = 1.0) -> None:
+        super().__init__()
+        self.scale = scale
+        self.sizes: list[int] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.sizes.append(x.shape[0])
+        return self.scale * super().forward(x)
+
+
+MSG_UNIT = (
+    "maps must lie in [0, 1] (they multiply the image); pass Explanation.maps (normalised), "
+    "not the raw maps"
+)
+
+
+@pytest.mark.parametrize(("where", "value"), [((1, 2, 3), -0.1), ((0, 0, 0), 1.5)])
+def test_maps_outside_the_unit_interval_by_the_whole_message(where, value) -> None:
+    x, maps = _data()
+    maps[where] = value  # one pixel below 0, or one in (1, 2]: the others are in [0, 1]
+    for fn in (coherency, adcc, adcc_parts):
+        with pytest.raises(InputError, match="^" + re.escape(MSG_UNIT) + "$"):
+            fn(SumNet(), x, maps, first_channel, 0)
+
+
+def test_the_default_batch_is_64_images() -> None:
+    x = torch.rand(65, 1, 2, 2)
+    sizes: list[int] = []
+
+    def spy(model: nn.Module, images: Tensor, ids: Tensor) -> Tensor:
+        sizes.append(images.shape[0])
+        return images[:, 0]
+
+    model = SizedSumNet()
+    coherency(model, x, x[:, 0], spy, 0)
+    assert sizes == [64, 1] and model.sizes == [64, 1]
+    sizes.clear()
+    model.sizes.clear()
+    adcc_parts(model, x, x[:, 0], spy, 0)
+    assert sizes == [64, 1] and max(model.sizes) == 64 and set(model.sizes) == {64, 1}
+
+
+def test_every_pass_keeps_to_batch_size() -> None:
+    x, maps = _data()
+    model = SizedSumNet()
+    adcc(model, x, maps, first_channel, 0, batch_size=2)
+    assert max(model.sizes) == 2 and set(model.sizes) == {2, 1}
+    model.sizes.clear()
+    coherency(model, x, maps, first_channel, 0, batch_size=1)
+    assert model.sizes == [1, 1, 1]
+
+
+def test_low_resolution_maps_of_the_masked_image_are_upsampled() -> None:
+    def pooled(model: nn.Module, images: Tensor, ids: Tensor) -> Tensor:
+        return F.avg_pool2d(images[:, :1], 2)[:, 0].clamp(0, 1)  # (B, 3, 3) for 6 x 6 images
+
+    x, maps = _data(3)
+    low = F.avg_pool2d((maps * x[:, 0])[:, None], 2)  # the masked image's first channel: L x_0
+    again = F.interpolate(low, size=(6, 6), mode="bilinear", align_corners=False)[:, 0]
+    want = [(_np_pearson(a, m) + 1) / 2 for a, m in zip(again.numpy(), maps.numpy(), strict=True)]
+    assert coherency(SumNet(), x, maps, pooled, 0).tolist() == pytest.approx(want, abs=1e-6)
+    parts = adcc_parts(SumNet(), x, maps, pooled, 0)
+    assert parts.coherency.tolist() == pytest.approx(want, abs=1e-6)
+
+
+def _by_hand(x: Tensor, maps: Tensor, ids: Tensor, baseline: float, scale: float, logit: bool):
+    """Coherency, complexity and drop of SizedSumNet(scale) with first_channel, in float64."""
+    xd, md = x.double(), maps.double()
+    seen = baseline + md * (xd[:, 0] - baseline)
+    coh = [(_np_pearson(s.clip(0, 1), m) + 1) / 2 for s, m in zip(seen.numpy(), md.numpy())]  # noqa: B905
+    sign = torch.where(ids == 0, 1.0, -1.0).double()  # class 1's logit is 0: softmax(-s, 0)
+    s_full = scale * xd[:, 0].sum(dim=(1, 2))
+    s_seen = scale * seen.sum(dim=(1, 2))
+    if logit:
+        y = torch.where(ids == 0, s_full, 0.0)
+        o = torch.where(ids == 0, s_seen, 0.0)
+    else:
+        y, o = torch.sigmoid(sign * s_full), torch.sigmoid(sign * s_seen)
+    drop = torch.where(y > 0, (y - o).clamp(min=0) / y, 0.0)
+    com = md.mean(dim=(1, 2))
+    return torch.tensor(coh, dtype=torch.float64), com, drop
+
+
+@pytest.mark.parametrize(("baseline", "score"), [(0.0, "prob"), (0.2, "prob"), (0.2, "logit")])
+def test_parts_by_hand_with_targets_baseline_and_score(baseline: float, score: str) -> None:
+    x, maps = _data(4)
+    ids = torch.tensor([1, 0, 0])  # image 0 is explained for class 1, not its top class 0
+    model = SizedSumNet(scale=0.1)  # probabilities well inside (0, 1): the drop is not tiny
+    coh, com, drop = _by_hand(x, maps, ids, baseline, 0.1, score == "logit")
+    assert float(drop[1:].min()) > 0.01  # not a trivial drop
+    kw = {"baseline": baseline, "score": score}
+    parts = adcc_parts(model, x, maps, first_channel, ids, **kw)
+    assert parts.targets.tolist() == [1, 0, 0]
+    assert parts.coherency.tolist() == pytest.approx(coh.tolist(), abs=1e-6)
+    assert parts.complexity.tolist() == pytest.approx(com.tolist(), abs=1e-6)
+    assert parts.drop.tolist() == pytest.approx(drop.tolist(), abs=1e-6)
+    want = 3 / (1 / coh + 1 / (1 - com) + 1 / (1 - drop))
+    got = adcc(model, x, maps, first_channel, ids, **kw)
+    assert got.tolist() == pytest.approx(want.tolist(), abs=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:the gradcam raw map")
+def test_the_layer_reaches_the_registered_method(gapnet, images) -> None:
+    ids = torch.tensor([0, 2, 4, 1])
+    maps = camlens.explain(gapnet, images, "gradcam", "features.0", ids).maps
+    seen = maps[:, None] * images
+    again = camlens.explain(gapnet, seen, "gradcam", "features.0", ids).maps
+    auto = camlens.explain(gapnet, seen, "gradcam", None, ids).maps
+    want = (pearson(again, maps) + 1) / 2
+    assert (want - (pearson(auto, maps) + 1) / 2).abs().max() > 1e-3  # the layer matters
+    got = coherency(gapnet, images, maps, "gradcam", ids, "features.0")
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    parts = adcc_parts(gapnet, images, maps, "gradcam", ids, "features.0")
+    torch.testing.assert_close(parts.coherency, want, atol=1e-6, rtol=0)
+    assert parts.targets.tolist() == ids.tolist()
+    got = adcc(gapnet, images, maps, "gradcam", ids, "features.0")
+    torch.testing.assert_close(got, parts.adcc, atol=1e-6, rtol=0)
+    with_auto = adcc(gapnet, images, maps, "gradcam", ids)
+    assert (got - with_auto).abs().max() > 1e-4

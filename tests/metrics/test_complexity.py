@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -83,3 +84,47 @@ def test_agrees_with_quantus() -> None:
     q_s = quantus.Sparseness(disable_warnings=True)(a_batch=a.copy(), **kw)
     assert complexity(maps).tolist() == pytest.approx(list(q_c), abs=1e-5)
     assert sparseness(maps).tolist() == pytest.approx(list(q_s), abs=1e-5)
+
+
+def test_maps_of_small_total_mass_are_not_taken_for_zero_maps() -> None:
+    # the same maps as in the hand-computed tests, with a total mass below 1: scale-free
+    maps = torch.tensor([[[2.0, 1.0], [1.0, 0.0]]]) / 100
+    assert complexity(maps).tolist() == pytest.approx([1.5 * math.log(2)], abs=1e-7)
+    assert sparseness(maps).tolist() == pytest.approx([0.375], abs=1e-7)
+    one_hot = torch.zeros(1, 3, 3)
+    one_hot[0, 2, 1] = 1.0  # a total of exactly 1
+    assert complexity(one_hot).tolist() == [0.0]
+    assert sparseness(one_hot).tolist() == pytest.approx([1 - 1 / 9], abs=1e-7)
+
+
+def test_one_dimensional_and_one_pixel_maps() -> None:
+    # (B, N): one spatial axis; (B, 1, 1): a single pixel, all its mass in one place
+    row = torch.tensor([[2.0, 1.0, 1.0, 0.0], [0.0, 0.0, 5.0, 0.0]])
+    assert complexity(row).tolist() == pytest.approx([1.5 * math.log(2), 0.0], abs=1e-7)
+    assert sparseness(row).tolist() == pytest.approx([0.375, 0.75], abs=1e-7)
+    pixel = torch.tensor([[[3.0]], [[0.0]]])
+    assert complexity(pixel).tolist() == [0.0, 0.0]
+    assert sparseness(pixel).tolist() == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("fn", [complexity, sparseness])
+@pytest.mark.parametrize(
+    ("maps", "got"),
+    [
+        (torch.rand(7), "(7,)"),
+        (torch.zeros(0, 4, 4), "(0, 4, 4)"),
+        (torch.zeros(2, 0, 3), "(2, 0, 3)"),
+        ([[0.5, 1.0]], "list"),
+    ],
+)
+def test_bad_maps_by_their_whole_message(fn, maps, got: str) -> None:
+    name = fn.__name__
+    msg = (
+        f"{name} takes maps (B, H, W) (or (B, *spatial)) with at least one image, got {got}; "
+        "pass Explanation.maps or a raw map"
+    )
+    with pytest.raises(InputError, match="^" + re.escape(msg) + "$"):
+        fn(maps)
+    msg = f"{name}: maps contain NaN or infinite values"
+    with pytest.raises(InputError, match="^" + re.escape(msg) + "$"):
+        fn(torch.tensor([[[1.0, float("inf")]]]))
