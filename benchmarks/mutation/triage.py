@@ -118,7 +118,8 @@ def verdict(
     given = by_name.get(short)
     if isinstance(given, str):
         return given
-    if given is not None and _squash(given["change"]) == _squash(added or removed):
+    line = added or removed
+    if given is not None and _squash(given["change"]) in (_squash(line), _squash(_shown(line))):
         return str(given["why"])
     for rule in rules:
         if rule.matches(name, removed, added):
@@ -141,9 +142,14 @@ def survivors(here: Path) -> list[tuple[str, str, str]]:
     return [tuple(row) for row in json.loads(out.stdout)]
 
 
-def _cell(text: str) -> str:
+def _shown(text: str) -> str:
+    """The change as the table shows it (long lines cut; a verdict may quote either form)."""
     text = text if len(text) <= 110 else text[:107] + "..."
-    return "`" + text.replace("|", "\\|").replace("`", "'") + "`"
+    return text.replace("`", "'")
+
+
+def _cell(text: str) -> str:
+    return "`" + _shown(text).replace("|", "\\|") + "`"
 
 
 def main(argv: list[str] | None = None) -> int:
