@@ -253,3 +253,11 @@ def test_the_layer_reaches_the_registered_method(gapnet, images) -> None:
     torch.testing.assert_close(got, parts.adcc, atol=1e-6, rtol=0)
     with_auto = adcc(gapnet, images, maps, "gradcam", ids)
     assert (got - with_auto).abs().max() > 1e-4
+
+
+def test_adcc_runs_the_model_once_on_the_images_and_once_on_the_masked_images() -> None:
+    x, maps = _data()
+    model = SizedSumNet(scale=0.5)
+    parts = adcc_parts(model, x, maps, first_channel, None, batch_size=64)
+    assert model.sizes == [x.shape[0], x.shape[0]]  # first_channel itself runs no model
+    assert parts.targets.tolist() == SumNet()(x).argmax(dim=1).tolist()  # the top classes

@@ -391,3 +391,31 @@ def test_insertion_targets_and_default_probabilities() -> None:
     out = insertion(model, images, torch.rand(2, 6, 6), 2)
     with torch.no_grad():
         torch.testing.assert_close(out.curves[:, -1], model(images).softmax(1)[:, 2])
+
+
+def test_masked_confidence_with_the_callers_logits_skips_the_clean_pass() -> None:
+    calls: list[int] = []
+
+    class Counting(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            calls.append(x.shape[0])
+            s = x.flatten(1).sum(dim=1)
+            return torch.stack([s, -s, 0.5 * s], dim=1)
+
+    model = Counting()
+    x = torch.rand(3, 1, 4, 4)
+    maps = torch.rand(3, 4, 4)
+    plain = masked_confidence(model, x, maps, None)
+    assert calls == [3, 3]
+    calls.clear()
+    given = masked_confidence(model, x, maps, None, logits=model(x))
+    assert calls == [3, 3]  # the caller's pass and the masked one
+    torch.testing.assert_close(given.full, plain.full, rtol=0, atol=0)
+    torch.testing.assert_close(given.masked, plain.masked, rtol=0, atol=0)
+    assert given.targets.tolist() == plain.targets.tolist()
+    msg = (
+        "logits must be (B, K) for the 3 images, got (2, 3); pass the model's logits on these "
+        "images, or none"
+    )
+    with pytest.raises(InputError, match="^" + re.escape(msg) + "$"):
+        masked_confidence(model, x, maps, None, logits=torch.zeros(2, 3))

@@ -86,8 +86,9 @@ def coherency(
     pixel units; :func:`camlens.metrics.black` for normalised inputs). Where either map is
     constant the correlation counts as 0 (coherency 1/2); the paper's code gives NaN there.
     """
-    coh, _ = _coherency(model, images, maps, method, targets, layer, baseline, batch_size, options)
-    return coh
+    maps = _unit_maps(images, maps)
+    _, ids = resolve_targets(model, images, targets, batch_size)
+    return _coherency(model, images, maps, method, ids, layer, baseline, batch_size, options)
 
 
 def _coherency(
@@ -95,21 +96,20 @@ def _coherency(
     images: Tensor,
     maps: Tensor,
     method: str | MapFn,
-    targets: TargetSpec,
+    ids: Tensor,
     layer: LayerSpec,
     baseline: float | Tensor,
     batch_size: int,
     options: dict[str, Any],
-) -> tuple[Tensor, Tensor]:
-    maps = _unit_maps(images, maps)
+) -> Tensor:
+    """Coherency of unit ``maps`` for the resolved class ``ids`` (B,)."""
     fn = map_fn(method, layer, {"batch_size": batch_size, **options})
-    _, ids = resolve_targets(model, images, targets, batch_size)
     masked = _seen_through(images, maps, baseline)
     with preserved_model(model):
         again = chunked_maps(fn, model, masked, ids, batch_size)
     if again.shape != maps.shape:
         again = check_images_maps(images, again)
-    return (pearson(again, maps) + 1) / 2, ids
+    return (pearson(again, maps) + 1) / 2
 
 
 @dataclass
@@ -156,11 +156,17 @@ def adcc_parts(
 ) -> Adcc:
     """ADCC's three parts (Poppi et al., CVPRW 2021); the arguments as :func:`adcc`."""
     maps = _unit_maps(images, maps)
-    coh, ids = _coherency(
-        model, images, maps, method, targets, layer, baseline, batch_size, options
-    )
+    logits, ids = resolve_targets(model, images, targets, batch_size)  # the one clean pass
+    coh = _coherency(model, images, maps, method, ids, layer, baseline, batch_size, options)
     conf = masked_confidence(
-        model, images, maps, ids, baseline=baseline, score=score, batch_size=batch_size
+        model,
+        images,
+        maps,
+        ids,
+        baseline=baseline,
+        score=score,
+        batch_size=batch_size,
+        logits=logits,
     )
     complexity = maps.flatten(1).double().abs().mean(dim=1).float()
     return Adcc(coh, complexity, conf.drop / 100, ids)
