@@ -135,8 +135,6 @@ class Tagged(Target):
 @pytest.mark.parametrize("method", ["gradcam", "fullgrad", "ablationcam", "scorecam"])
 @pytest.mark.parametrize("ids", [[4, 0, 2], TABLE], ids=["one", "table"])
 def test_extras_of_the_selection_reach_the_explanation(method, ids) -> None:
-    if method == "fullgrad" and ids != TABLE:
-        pytest.xfail("runners.run_model_level keeps the selection's scores and ids, not extras")
     model, x = Net().eval(), images()
     ex = camlens.explain(model, x, method, layer_of(method), Tagged(ids))
     assert torch.equal(ex.extras.pop("tag"), torch.tensor(ids).float() * 10)
