@@ -3,6 +3,7 @@ frame of the detector's input, and given boxes that follow their image."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import camlens
@@ -49,3 +50,25 @@ def test_given_boxes_follow_their_image_across_sizes() -> None:
         torch.testing.assert_close(ex.maps[i][0], one.maps[0, 0], rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(ex.scores[i, 0], one.scores[0, 0])
     assert hook_count(model) == 0
+
+
+def test_yolo_boxes_are_explained_each_at_its_own_scale() -> None:
+    """layer=None, a detections target and Grad-CAM: the engine hands an Ultralytics YOLO to the
+    per-scale path (camlens.detection.scales), whose layers are the head's inputs and whose
+    raw maps are zero for the boxes of the other scales; a given layer keeps the plain path."""
+    pytest.importorskip("ultralytics")
+    from tests.detection.conftest import smooth_images, threshold_for, yolo
+
+    model = yolo("yolov8n.yaml")
+    x = smooth_images(1, 96, 96, seed=6)
+    target = T.detections(score_threshold=threshold_for(model, x, 8))
+    ex = camlens.explain(model, x, "gradcam", target=target)
+    assert ex.layers == [f"model.{i}" for i in model.model[-1].f]
+    levels = ex.extras["levels"][0]
+    assert len(set(levels.tolist())) >= 2 and bool((levels >= 0).all())
+    for level, name in enumerate(ex.layers):
+        raw = ex.raw[name][0].flatten(1)
+        assert bool((raw[levels != level] == 0).all())
+        assert bool(raw[levels == level].any(1).all())  # each box of this scale has a map
+    one = camlens.explain(model, x, "gradcam", "model.15", target=target)
+    assert one.layers == ["model.15"] and bool(one.raw["model.15"][0].flatten(1).any(1).all())

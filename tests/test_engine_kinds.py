@@ -274,3 +274,19 @@ def test_finercam_base_reaches_the_smooth_and_table_paths(target, extra) -> None
     other = camlens.explain(model, x, "gradcam", "features", target, **extra)
     assert torch.allclose(fine.raw["features"], base.raw["features"], atol=1e-6)
     assert not torch.allclose(base.raw["features"], other.raw["features"], atol=1e-4)
+
+
+def test_finercam_scores_its_contrast_column_by_column() -> None:
+    """smooth= and a table: one run per column, each scored by Finer-CAM's contrast (gamma and
+    references included), as that column given alone."""
+    model, x = Net().eval(), images()
+    table = torch.tensor([[4, 1], [0, 3], [2, 2]])
+    opts = {"gamma": 0.5, "references": 2, "smooth": 2}
+    ex = camlens.explain(model, x, "finercam", "features", table, **opts)
+    logits = model(x).detach()
+    for t in range(2):
+        col = camlens.explain(model, x, "finercam", "features", table[:, t], **opts)
+        assert torch.allclose(ex.raw["features"][:, t], col.raw["features"], atol=1e-6)
+        expected = contrast_score(logits, table[:, t], gamma=0.5, references=2)
+        assert torch.allclose(ex.scores[:, t], expected, atol=1e-6)
+        assert not torch.allclose(expected, logits.gather(1, table[:, t : t + 1])[:, 0])

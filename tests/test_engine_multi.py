@@ -4,12 +4,15 @@ per target column otherwise."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
 import camlens
+from camlens.errors import InputError
 from camlens.targets import Selection, Target, select_scores, top
-from tests.conftest import HandNet
+from tests.conftest import HandNet, tiny_tv
 from tests.engine_models import CubeNet, Net, images
 
 TABLE = [[4, 1], [0, 3], [2, 2]]
@@ -29,6 +32,7 @@ CASES = [
     ("gradcampp", CubeNet, {"exact": True}, False),
     ("fullgrad", Net, {}, False),
     ("ablationcam", Net, {}, False),
+    ("guided_gradcam", Net, {}, False),  # its Grad-CAM re-runs the explainer on the images
 ]
 IDS = [f"{m}-{'-'.join(o)}" for m, _, o, _ in CASES]
 
@@ -135,8 +139,6 @@ class Tagged(Target):
 @pytest.mark.parametrize("method", ["gradcam", "fullgrad", "ablationcam", "scorecam"])
 @pytest.mark.parametrize("ids", [[4, 0, 2], TABLE], ids=["one", "table"])
 def test_extras_of_the_selection_reach_the_explanation(method, ids) -> None:
-    if method == "fullgrad" and ids != TABLE:
-        pytest.xfail("runners.run_model_level keeps the selection's scores and ids, not extras")
     model, x = Net().eval(), images()
     ex = camlens.explain(model, x, method, layer_of(method), Tagged(ids))
     assert torch.equal(ex.extras.pop("tag"), torch.tensor(ids).float() * 10)
@@ -155,3 +157,58 @@ def test_scorecam_table_by_hand() -> None:
         col = camlens.explain(model, x, "scorecam", "features", [row[t] for row in table])
         assert torch.allclose(ex.raw["features"][:, t], col.raw["features"], atol=1e-6)
     assert not torch.allclose(ex.raw["features"][:, 0], ex.raw["features"][:, 1], atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["fullgrad", "ablationcam", "gradcam"])
+def test_a_table_for_two_images_of_three_channels(method) -> None:
+    """B = 2 images of C = 3 channels: the selection pass reads the batch, not the channels."""
+    model, x = Net().eval(), images(batch=2)
+    explainer = warm(model, x, method, {})
+    table = [[4, 1], [0, 3]]
+    runs, _ = separate(explainer, x, [[row[t] for row in table] for t in range(2)])
+    ex = explainer(x, table)
+    assert ex.maps.shape == (2, 2, 8, 8)
+    assert_stacked(ex, runs)
+
+
+class Counted(torch.nn.Module):
+    """Counts the forward passes of a model it wraps."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model, self.calls = model, 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.model(x)
+
+
+@pytest.mark.parametrize("method", ["gae", "rollout"])
+def test_attention_methods_take_a_table_in_the_forwards_of_one_target(method) -> None:
+    """The attention methods batch their T targets: no selection pass, no run per column."""
+    model = Counted(tiny_tv().eval())
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    layer = "model.encoder.layers.encoder_layer_1.ln_1"
+    explainer = camlens.Explainer(model, method, layer)
+    explainer(x)  # the token layout, found once
+    table = [[0, 3], [2, 2]]
+    runs, calls = separate(explainer, x, [[row[t] for row in table] for t in range(2)])
+    model.calls = 0
+    ex = explainer(x, table)
+    assert model.calls == calls[0] == calls[1], (model.calls, calls)
+    assert_stacked(ex, runs)
+
+
+class ListNet(Net):
+    """Net that also takes a list of same-size (C, H, W) images, as torchvision detectors do."""
+
+    def forward(self, x):
+        return super().forward(torch.stack(list(x)) if isinstance(x, (list, tuple)) else x)
+
+
+def test_a_table_of_targets_for_a_list_of_images_is_refused_by_the_layer_probe() -> None:
+    """Column by column, the layer probe still sees the list the model is called with."""
+    model, x = ListNet().eval(), images()
+    msg = "ablationcam re-runs the network after the layer; pass a tensor"
+    with pytest.raises(InputError, match="^" + re.escape(msg) + "$"):
+        camlens.explain(model, list(x), "ablationcam", "features", TABLE)

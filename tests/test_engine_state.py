@@ -289,3 +289,64 @@ def test_aug_smooth_wraps_the_plain_explanation() -> None:
     expected = aug_smooth(plain, x, [1, 2, 3])
     assert torch.allclose(ex.maps, expected.maps, atol=1e-6)
     assert not torch.allclose(ex.maps, plain(x, [1, 2, 3]).maps, atol=1e-3)
+
+
+def test_a_map_below_zero_warns_where_with_one_target_per_image() -> None:
+    """(B,) raw maps: each image's map on its own (images 0 and 2 empty, image 1 not)."""
+    model = HandNet(torch.tensor([[1.0], [-1.0]])).eval()
+    x = 0.5 + torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    x[[0, 2]] *= -1
+    msg = (
+        "the gradcam raw map of layer 'features' is <= 0 everywhere at (image[, target]) "
+        "[[0], [2]], so its map is empty after the ReLU: nothing in the layer speaks for the "
+        "target (untrained weights, or a target the image speaks against: try "
+        "targets.counterfactual, another layer or method)"
+    )
+    with pytest.warns(UserWarning, match=exactly(msg)) as record:
+        ex = camlens.explain(model, x, "gradcam", "features", 0)
+    assert len(record) == 1
+    assert not ex.maps[0].any() and ex.maps[1].any() and not ex.maps[2].any()
+
+
+class Odd(nn.Module):
+    """A layer of 7 tokens of width 5 on an 8 x 8 input: no grid of patches to read them as."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Identity()
+        self.fc = nn.Linear(5, 2)
+
+    def forward(self, x):
+        return self.fc(self.features(x.flatten(1)[:, :35].view(-1, 7, 5)).mean(1))
+
+
+class MaxHead(nn.Module):
+    """conv -> global *max* pooling -> linear: no GAP + linear head for CAM."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(self.features(x).amax(dim=(2, 3)))
+
+
+def test_an_unreadable_layout_and_a_head_that_is_not_gap_linear_name_the_layer() -> None:
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    msg = (
+        "cannot tell how to read layer 'features' with output (2, 7, 5): 7 tokens are not a "
+        "grid of patches of the (8, 8) input (plus at most 16 prefix tokens). Say it with "
+        "layout='nchw' (B, C, h, w), 'nhwc' (B, h, w, C), 'tokens' (B, N, C) or a callable "
+        "activation -> (B, C, h, w) (like pytorch-grad-cam's reshape_transform)"
+    )
+    with pytest.raises(camlens.LayerError, match=exactly(msg)):
+        camlens.explain(Odd().eval(), x, "gradcam", "features", 0)
+    msg = (
+        "CAM needs layer 'features' to be followed by global average pooling and a single "
+        "linear layer (as in torchvision ResNet, EfficientNet or camlens' demo model), but here "
+        "the input of linear 'fc' is not the global average of 'features'. Use method='gradcam' "
+        "instead: it works on any CNN and equals CAM / (h*w) on GAP + linear heads."
+    )
+    with pytest.raises(camlens.UnsupportedModelError, match=exactly(msg)):
+        camlens.explain(MaxHead().eval(), x, "cam", "features", 0)

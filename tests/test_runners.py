@@ -17,6 +17,7 @@ from camlens.display import display_maps
 from camlens.errors import InputError, LayerError
 from camlens.maps import minmax, to_heatmap
 from camlens.runners import run_layer_probe, run_model_level, token_layout
+from camlens.targets import Selection, Target, select_scores
 from tests.conftest import HandNet
 
 W = torch.tensor([[1.0, -2.0, 0.5], [0.25, 1.0, -1.0]])
@@ -265,6 +266,89 @@ def test_a_layer_that_is_no_map_is_refused() -> None:
         camlens.explain(hand(), acts(), "ablationcam", "fc", 0)
 
 
+class Skip(nn.Module):
+    """HandNet whose logits also read the input after the layer (a skip connection around it):
+    the part after the layer needs a value cached before it, per image."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.inner(x) + x.mean(dim=(1, 2, 3))[:, None]
+
+
+@pytest.mark.parametrize("inner", [ChannelsLast, Tokens], ids=["channels-last", "tokens"])
+def test_the_rerun_reads_the_cached_values_of_the_modified_images(inner) -> None:
+    """Ablation-CAM by hand with a skip term s = mean(x): y = w_c . (f + cls) + b_c + s; the
+    re-run of image i's ablated activations must read image i's own s."""
+    a, ids = acts(10), torch.tensor([1, 0])
+    model = Skip(inner()).eval()
+    cls = model.inner.cls.detach() if inner is Tokens else torch.zeros(3)
+    ex = camlens.explain(model, a, "ablationcam", "inner.features", ids)
+    f = a.mean(dim=(2, 3))
+    y = (W[ids] * (f + cls)).sum(1) + B[ids] + a.mean(dim=(1, 2, 3))
+    expected = torch.einsum("bk,bkhw->bhw", W[ids] * f / y[:, None], a)
+    assert torch.allclose(ex.raw["inner.features"], expected, rtol=1e-5, atol=1e-6)
+
+
+class Untraceable(nn.Module):
+    """HandNet with data-dependent control flow: torch.fx cannot split it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = hand()
+
+    def forward(self, x: Tensor) -> Tensor:
+        if bool(x.sum() > -1e9):  # always true, but fx cannot know it
+            return self.net(x)
+        return -self.net(x)
+
+
+def test_an_untraceable_model_is_rerun_whole_with_the_layer_replaced() -> None:
+    a, ids = acts(11), torch.tensor([0, 1])
+    ex = camlens.explain(Untraceable().eval(), a, "ablationcam", "net.features", ids)
+    expected = ablation_by_hand(a, ids)
+    assert torch.allclose(ex.raw["net.features"], expected, rtol=1e-5, atol=1e-6)
+
+
+class DictLayer(nn.Module):
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        return {"a": x}
+
+
+def test_a_layer_whose_output_is_no_tensor_is_refused_by_its_type() -> None:
+    model = hand()
+    model.features = DictLayer()
+    model.forward = lambda x: model.fc(model.features(x)["a"].mean(dim=(2, 3)))
+    message = (
+        "ablationcam modifies a feature map, channels-last map or tokens, but layer 'features' "
+        "outputs dict; pick a convolutional layer, block or transformer norm"
+    )
+    with exactly(LayerError, message):
+        camlens.explain(model, acts(), "ablationcam", "features", 0)
+
+
+class Double(nn.Module):
+    """Float32 images, a float64 network: the layer's dtype is not the images'."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = hand().double()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x.double())
+
+
+@pytest.mark.parametrize("method", ["ablationcam", "reciprocam"])
+def test_the_rerun_gets_the_layers_dtype_not_the_images(method) -> None:
+    a, ids = acts(12), torch.tensor([1, 0])
+    ex = camlens.explain(Double().eval(), a, method, "net.features", ids)
+    by_hand = ablation_by_hand if method == "ablationcam" else recipro_by_hand
+    assert ex.raw["net.features"].dtype == torch.float32
+    assert torch.allclose(ex.raw["net.features"], by_hand(a, ids), rtol=1e-5, atol=1e-6)
+
+
 # -- model-level methods, through a spy --
 
 
@@ -282,7 +366,7 @@ def model_spy(ex: camlens.Explainer, seen: list, maps: Tensor | None = None) -> 
 
 def test_the_model_call_and_the_explanation_of_a_model_level_method() -> None:
     model, a = hand(), acts(8)
-    ex = camlens.Explainer(model, "fullgrad", "features", batch_size=5, seed=3)
+    ex = camlens.Explainer(model, "fullgrad", "features", batch_size=5, progress=True, seed=3)
     seen: list = []
     model_spy(ex, seen)
     out = ex(a, 1)
@@ -290,7 +374,7 @@ def test_the_model_call_and_the_explanation_of_a_model_level_method() -> None:
     assert options == {}
     assert call.model is model and call.images is a and call.target == 1
     assert call.layers == [("features", model.features)] and call.layer_auto is False
-    assert (call.batch_size, call.progress, call.seed) == (5, False, 3)
+    assert (call.batch_size, call.progress, call.seed) == (5, True, 3)
     assert call.to_grid is None and call.num_prefix == 0
     logits = model(a).detach()
     scores, ids = call.score(logits)
@@ -373,3 +457,43 @@ def test_one_model_level_raw_map_is_scaled_as_layercam_too() -> None:
     out = ex(acts(), 0)
     t = torch.tanh(torch.tensor([0.0, 0.5, 1.0, 2.0, 2.0, 2.0])) / torch.tanh(torch.tensor(2.0))
     assert torch.allclose(out.maps, t.view(1, 2, 3).expand(2, 2, 3), atol=1e-6)
+
+
+def test_the_explain_of_a_model_level_method_keeps_the_layout() -> None:
+    """Guided Grad-CAM's Grad-CAM is the explainer's, with its layout= (a callable here)."""
+
+    def layout(t: Tensor) -> Tensor:
+        return t.movedim(-1, 1).flip(-1)  # channels last to first, columns reversed
+
+    model, a = ChannelsLast().eval(), acts(13)
+    ex = camlens.Explainer(model, "guided_gradcam", "features", layout=layout)
+    seen: list = []
+    model_spy(ex, seen)
+    ex(a, 1)
+    ((call, _),) = seen
+    grad = call.explain("gradcam", call.layers)
+    ref = camlens.explain(model, a, "gradcam", "features", 1, layout=layout)
+    plain = camlens.explain(model, a, "gradcam", "features", 1)
+    assert torch.allclose(grad.raw["features"], ref.raw["features"], atol=1e-6)
+    assert not torch.allclose(ref.raw["features"], plain.raw["features"], atol=1e-4)
+
+
+class Tagged(Target):
+    """Class ids with an extra tensor in the selection (as detection targets carry boxes)."""
+
+    def select(self, output, batch, copies=0, score=None):
+        sel = select_scores([1, 0], output, batch, copies, score)
+        return Selection(sel.scores, sel.ids, {"tag": sel.ids.float() * 10})
+
+
+def test_the_selections_extras_and_the_methods_options_reach_through() -> None:
+    a = acts(14)
+    for method in ["ablationcam", "reciprocam", "fullgrad"]:
+        ex = camlens.explain(hand(), a, method, "features", Tagged())
+        assert torch.equal(ex.extras.pop("tag"), torch.tensor([10.0, 0.0])), method
+    ex = camlens.Explainer(hand(), "occlusion", window=2, stride=1)
+    seen: list = []
+    model_spy(ex, seen)
+    ex(a, 0)
+    ((_, options),) = seen
+    assert options == {"window": 2, "stride": 1}

@@ -7,6 +7,8 @@ tokenizer saved to a temporary folder.
 
 from __future__ import annotations
 
+import inspect
+import warnings
 from pathlib import Path
 
 import pytest
@@ -158,6 +160,29 @@ def test_open_clip_maps_equal_a_hand_written_gradcam(oc_model, x) -> None:
     with pytest.warns(UserWarning, match="embedded with CLIP"):
         alone = camlens.explain(oc_model.visual, x, "gradcam", target=target)
     assert torch.allclose(alone.raw["transformer.resblocks.1.ln_1"], ref, atol=1e-6)
+
+
+def test_the_image_tower_warning_points_at_the_users_call(oc_model, x) -> None:
+    """The warning of text() explained through another module names the user's line (not
+    the engine's context manager that binds the target), for explain and Explainer alike."""
+    target = T.text(PROMPTS, oc_model)
+    explainer = camlens.Explainer(oc_model.visual, "gradcam")
+    message = (
+        "text(): the prompts were embedded with CLIP, explained through VisionTransformer; its "
+        "output must be that model's image embedding"
+    )
+    lines: list[int] = []
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        lines.append(inspect.currentframe().f_lineno + 1)
+        camlens.explain(oc_model.visual, x, "gradcam", target=target)
+        lines.append(inspect.currentframe().f_lineno + 1)
+        explainer(x, target)
+    found = [w for w in record if "embedded with" in str(w.message)]
+    assert [str(w.message) for w in found] == [message] * 2
+    assert [(w.filename, w.lineno, w.category) for w in found] == [
+        (__file__, line, UserWarning) for line in lines
+    ]
 
 
 def test_one_forward_one_batched_gradient_and_the_model_as_it_came(oc_model, x, monkeypatch):

@@ -158,11 +158,19 @@ def run_model_level(
 
     batch = images.shape[0]
     tokens = token_layout(ex, images, model_input) if ex.method.uses_tokens else None
+    extras: dict[str, Tensor] = {}  # the selection's own (a detection target's boxes)
+
+    def score(out: Any) -> tuple[Tensor, Tensor]:
+        sel = ex._select(target, out, batch, 0)
+        for key, value in sel.extras.items():
+            extras.setdefault(key, value)  # the first scored output: the images themselves
+        return _pair(sel)
+
     call = ModelCall(
         model=ex.model,
         images=images,
         target=target,
-        score=lambda out: _pair(ex._select(target, out, batch, 0)),
+        score=score,
         layers=ex._layers or [],
         explain=lambda method, layers: type(ex)(
             ex.model, method, [m for _, m in layers], layout=ex.layout_spec
@@ -187,7 +195,7 @@ def run_model_level(
         scores=result.scores,
         layers=list(result.raw),
         method=ex.method.name,
-        extras=result.extras,
+        extras={**extras, **result.extras},
     )
 
 

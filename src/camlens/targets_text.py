@@ -21,7 +21,6 @@ passed, or a local folder that holds one). Re-exported by :mod:`camlens.targets`
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from camlens.caller import warn_user
 from camlens.capture import preserved_model
 from camlens.errors import InputError, TargetError, UnsupportedModelError
 from camlens.layouts import describe, primary_output
@@ -239,10 +239,9 @@ class Text(Target):
         if isinstance(model, ImageTower):
             raise TargetError("this text() target was built with another model")
         # an image tower alone (e.g. clip.visual): its output is the image embedding
-        warnings.warn(
+        warn_user(
             f"text(): the prompts were embedded with {type(self.model).__name__}, explained "
-            f"through {type(model).__name__}; its output must be that model's image embedding",
-            stacklevel=3,
+            f"through {type(model).__name__}; its output must be that model's image embedding"
         )
         return ImageTower(model, lambda x: _features(model(x)), self.embeddings)
 
