@@ -135,6 +135,22 @@ def test_score_terms_with_several_targets(method: str) -> None:
     assert torch.allclose(terms.sum(dim=2), raw, atol=1e-6)
 
 
+def test_scorecam_scores_each_informative_channel_once() -> None:
+    """One masked image per non-constant channel (6 of the 9 here) and one black image per
+    image for the 3 constant ones: 9 images through the model, for the terms as for the map."""
+    acts = signed_acts()
+    for fn in (scorecam_terms, scorecam):
+        seen: list[int] = []
+        images = input_probe(acts, 1000).images
+
+        def run(x: Tensor, _owner: Tensor, seen: list[int] = seen) -> Tensor:
+            seen.append(x.shape[0])
+            return head(x)
+
+        fn(acts, Probe(run, images, acts, TARGETS, None))
+        assert sum(seen) == 9
+
+
 # -- Ablation-CAM: w_k = (y - y_k) / y ----------------------------------------------------------
 
 
