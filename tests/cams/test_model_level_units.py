@@ -234,3 +234,22 @@ def test_guided_relu_forward_and_backward() -> None:
         assert torch.equal(torch.sum(y, dim=1), torch.tensor([3.0, 12.0]))
         assert torch.equal(y.flatten(start_dim=0), torch.arange(6.0))
         assert torch.equal(F.relu(y - 2), (y - 2).clamp(min=0))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_fullgrad_sums_in_float32_at_least(dtype: torch.dtype) -> None:
+    """A bfloat16 model's terms are cast up to float32 before they are multiplied and summed;
+    a float64 model's stay float64 (completeness then holds to 1e-10, not float32's 1e-6)."""
+    from camlens.cams.model_based import ModelCall, fullgrad
+    from tests.cams.test_attention import picker
+    from tests.conftest import GapNet
+
+    torch.manual_seed(0)
+    model = GapNet(last_relu=False).to(dtype).eval()
+    x = torch.randn(2, 3, 8, 8, dtype=dtype)
+    ids = torch.tensor([1, 3])
+    result = fullgrad(ModelCall(model, x, ids, picker(ids), []))
+    want = torch.float64 if dtype == torch.float64 else torch.float32
+    assert result.raw["input"].dtype == result.extras["completeness"].dtype == want
+    total, scores = result.extras["completeness"].unbind(dim=1)
+    assert torch.allclose(total, scores, atol=1e-10 if dtype == torch.float64 else 0.1)

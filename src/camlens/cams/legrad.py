@@ -61,9 +61,13 @@ def _layer_scores(call: ModelCall, out: object, ids: Tensor, batch: int) -> Tens
     return scores
 
 
+_NO_ATTENTION = "the blocks' readout scores do not depend on their attention; check readout="
+
+
 def _gradients(total: Tensor, attentions: list[Tensor], shapes: list[tuple]) -> list[Tensor]:
     """d total / d A for each A, as (B, H, N, N) for total (B,), (B, T, H, N, N) for (B, T):
-    one backward, batched over the T target columns (``is_grads_batched``)."""
+    one backward, batched over the T target columns (``is_grads_batched``). A block whose
+    attention the scores do not reach gets zeros; none reached at all is an error."""
     if total.ndim == 1:
         raw = torch.autograd.grad(total.sum(), attentions, allow_unused=True)
         lead: tuple[int, ...] = ()
@@ -75,6 +79,8 @@ def _gradients(total: Tensor, attentions: list[Tensor], shapes: list[tuple]) -> 
             total, attentions, seeds, is_grads_batched=True, allow_unused=True
         )
         lead = (n_targets,)
+    if all(g is None for g in raw):  # e.g. a readout that detaches the tokens
+        raise UnsupportedModelError(_NO_ATTENTION)
     out = []
     for g, a, shape in zip(raw, attentions, shapes, strict=True):
         g = torch.zeros(*lead, *a.shape, dtype=a.dtype, device=a.device) if g is None else g
@@ -134,9 +140,7 @@ def legrad(call: ModelCall, pool: str = "auto", readout: Readout | None = None) 
         total = sum(_layer_scores(call, readout(outputs[i]), ids, batch) for i in chosen)
         assert isinstance(total, Tensor)
         if not total.requires_grad:
-            raise UnsupportedModelError(
-                "the blocks' readout scores do not depend on their attention; check readout="
-            )
+            raise UnsupportedModelError(_NO_ATTENTION)  # a frozen model's detached readout
         shapes = [capture.shapes[i] for i in chosen]
         grads = _gradients(total, [capture.tensors[i] for i in chosen], shapes)
     per_layer = [legrad_relevance([g]) for g in grads]  # each (B[, T], N)
