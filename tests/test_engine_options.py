@@ -80,6 +80,8 @@ def test_exact_is_an_option_of_gradcampp() -> None:
     assert camlens.Explainer(Net(), "gradcampp", exact=True).exact is True
     assert camlens.Explainer(Net(), "gradcampp", exact=True, exact_chunk=3).exact_chunk == 3
     assert camlens.Explainer(Net(), "gradcampp").exact is False
+    assert camlens.Explainer(Net(), "gradcampp", exact=True).exact_chunk == 256  # the default
+    assert camlens.Explainer(Net()).batch_size == 64  # the documented defaults
     assert camlens.Explainer(Net(), "gradcam", exact=False).exact is False
     msg = "exact=True is an option of gradcampp, not of 'layercam'"
     with pytest.raises(camlens.InputError, match=exactly(msg)):
@@ -183,3 +185,20 @@ def test_the_explainer_keeps_its_automatic_layer() -> None:
     assert explainer.layers == ["features"]
     assert explainer.layout("features") == Layout("channels_first")
     assert explainer.layout("fc") is None
+
+
+def test_the_exact_chunk_reaches_the_diagonal_derivatives(monkeypatch) -> None:
+    import camlens.engine
+
+    seen: list[object] = []
+    real = camlens.engine.diagonal_derivatives
+
+    def spy(*args, **kwargs):
+        seen.append(args[3] if len(args) > 3 else kwargs.get("chunk"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(camlens.engine, "diagonal_derivatives", spy)
+    model, x = Net().eval(), images()
+    camlens.explain(model, x, "gradcampp", "features", 1, exact=True)
+    camlens.explain(model, x, "gradcampp", "features", 1, exact=True, exact_chunk=5)
+    assert seen == [256, 5]

@@ -272,6 +272,19 @@ def test_batch_size_cuts_the_probe_passes() -> None:
     assert torch.allclose(cut.raw["features"], full.raw["features"], atol=1e-6)
 
 
+def test_the_probe_passes_hold_64_images_by_default() -> None:
+    """10 images x 7 channels = 70 masked images: the clean pass, then 64 and 6."""
+    sizes: list[int] = []
+
+    class Sized(Net):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            sizes.append(x.shape[0])
+            return super().forward(x)
+
+    camlens.explain(Sized().eval(), images(batch=10), "scorecam", "features", 1)
+    assert sizes == [10, 64, 6]
+
+
 def test_the_seed_reaches_the_probe() -> None:
     model, x = Net().eval(), images()
 

@@ -140,6 +140,24 @@ def test_diagonal_derivatives_of_a_cubic_are_the_closed_form(chunk) -> None:
     assert not grads[0].requires_grad and not d2[0].requires_grad
 
 
+def test_diagonal_derivatives_take_256_positions_at_a_time_by_default(monkeypatch) -> None:
+    import camlens.gradients
+
+    chunks: list[int] = []
+    real = camlens.gradients._diagonal_chunks
+
+    def spy(act, g, d2, d3, chunk):
+        chunks.append(chunk)
+        return real(act, g, d2, d3, chunk)
+
+    monkeypatch.setattr(camlens.gradients, "_diagonal_chunks", spy)
+    (a,) = leaves(2, 2, 3, 3, seed=6, count=1)
+    gen = torch.Generator().manual_seed(1)
+    c, u = (torch.randn(18, generator=gen, dtype=torch.float64) for _ in range(2))
+    diagonal_derivatives(cubic(a, c, u), [a], ["a"])
+    assert chunks == [256]
+
+
 @pytest.mark.parametrize("chunk", [1, 7, 256])
 def test_diagonal_derivatives_of_grad_campp_exponential_head(chunk) -> None:
     """Grad-CAM++ (Chattopadhay et al. 2018, eq. 19): Y = exp(S), S = sum_k w_k sum_ij A^k_ij / Z
