@@ -304,6 +304,20 @@ def test_primary_output_and_its_errors() -> None:
     assert primary_or_none({"x": t}) is None and primary_or_none({"out": t}) is t
 
 
+def test_primary_output_of_clip_towers_and_pplcnet() -> None:
+    """HF CLIP vision towers: image_embeds; HF PPLCNet: a 2-D last_hidden_state, not a 3-D one."""
+    embeds, tokens = torch.randn(2, 8), torch.randn(2, 5, 8)
+    assert primary_output({"last_hidden_state": tokens, "image_embeds": embeds}) is embeds
+    scores = torch.randn(2, 4)
+    assert primary_output({"last_hidden_state": scores, "pooler_output": None}) is scores
+    logits = torch.randn(2, 4)
+    assert primary_output({"last_hidden_state": scores, "logits": logits}) is logits
+    for bad in ({"last_hidden_state": tokens}, {"last_hidden_state": torch.randn(2, 4, 3, 3)}):
+        with pytest.raises(UnsupportedModelError, match="has no logits"):
+            primary_output(bad)
+    assert primary_or_none({"last_hidden_state": tokens}) is None
+
+
 def test_detector_transform_and_frame() -> None:
     class Transform(nn.Module):
         def postprocess(self, *args):
