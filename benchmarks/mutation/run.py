@@ -217,6 +217,26 @@ def refresh_tests(here: Path) -> None:
         shutil.copytree(ROOT / "tests", here / "mutants" / "tests", ignore=ignore)
 
 
+def refresh_sources(target: Target, here: Path) -> None:
+    """Bring the scratch copy's sources up to the checkout's, touching only files that changed.
+
+    A mutated file that changed is rewritten in ``src/``: mutmut then makes new mutants for the
+    functions whose code changed and keeps the verdicts of the others. mutmut copies the files
+    it does not mutate into ``mutants/`` once, so a changed one is copied there too.
+    """
+    mutated = {path.relative_to(ROOT) for pattern in target.mutate for path in ROOT.glob(pattern)}
+    for path in sorted((ROOT / "src").rglob("*.py")):
+        rel = path.relative_to(ROOT)
+        text = path.read_text()
+        if rel in mutated:
+            text = undecorate(text)
+        places = [here / rel] if rel in mutated else [here / rel, here / "mutants" / rel]
+        for place in places:
+            if not place.exists() or place.read_text() != text:
+                place.parent.mkdir(parents=True, exist_ok=True)
+                place.write_text(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("modules", nargs="*", help=f"some of {', '.join(MODULES)}")
@@ -229,8 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rerun",
         action="store_true",
-        help="keep the scratch copy and its results, take the checkout's tests again and re-run "
-        "only the mutants that were not killed (after triage added tests)",
+        help="keep the scratch copy and its results, take the checkout's tests and changed "
+        "sources again and re-run only the mutants that were not killed (after triage added "
+        "tests)",
     )
     parser.add_argument(
         "--mutants",
@@ -250,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", str(args.jobs)]
         here = args.workdir / name
         if args.rerun and (here / "mutants").exists():
+            refresh_sources(MODULES[name], here)
             refresh_tests(here)
             config = here / "pyproject.toml"
             config.write_text(config.read_text().replace('"forkserver"', '"fork"'))
