@@ -34,8 +34,8 @@ check "gradcampp zero-denominator fallback 0 -> 1" $G \
   'torch.ones_like(denom)), 0.0)' 'torch.ones_like(denom)), 1.0)' tests/cams tests/test_peers.py
 check "gradcampp 2 d2 + A d3" $G 'denom = 2 * d2 + sum_acts * d3' 'denom = 2 * d2 + acts * d3' \
   tests/cams/test_family.py tests/test_peers.py
-check "layercam ReLU(g A)" $G 'return (grads.clamp(min=0) * acts).sum(dim=1)' \
-  'return (grads * acts).clamp(min=0).sum(dim=1)' tests/cams tests/test_peers.py
+check "layercam ReLU(g A)" $G '    return grads.clamp(min=0) * acts' \
+  '    return (grads * acts).clamp(min=0)' tests/cams tests/test_peers.py
 check "scorecam constant channels scored 0" src/camlens/cams/score.py \
   'out[:] = _black_scores(probe).view(bsz, 1, 1, *per)' 'out[:] = 0' tests/cams
 check "eigengradcam computed as eigencam" src/camlens/cams/eigen.py \

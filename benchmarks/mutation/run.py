@@ -268,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     env.setdefault("OMP_NUM_THREADS", "1")
     report: dict[str, dict] = {}
     for name in names:
-        cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", str(args.jobs)]
+        base = [sys.executable, "-m", "mutmut", "run", "--max-children", str(args.jobs)]
+        cmd = list(base)
         here = args.workdir / name
         if args.rerun and (here / "mutants").exists():
             refresh_sources(MODULES[name], here)
@@ -301,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         for counts in files.values():
             for status, n in counts.items():
                 total[status] = total.get(status, 0) + n
-        mode = "rerun" if len(cmd) > 5 else "full"  # survivors named: only they ran
+        mode = "rerun" if args.rerun and len(cmd) > len(base) else "full"  # named: only they ran
         report[name] = {"mode": mode, "seconds": round(seconds, 1), "total": total, "files": files}
         report[name]["score"] = round(score(total), 1)
         (here / "summary.json").write_text(json.dumps(report[name], indent=2))
