@@ -72,3 +72,21 @@ def test_yolo_boxes_are_explained_each_at_its_own_scale() -> None:
         assert bool(raw[levels == level].any(1).all())  # each box of this scale has a map
     one = camlens.explain(model, x, "gradcam", "model.15", target=target)
     assert one.layers == ["model.15"] and bool(one.raw["model.15"][0].flatten(1).any(1).all())
+
+
+def test_a_yolo_given_a_list_of_same_size_images_explains_their_stack() -> None:
+    """A YOLO takes one tensor: a list of (C, H, W) images of one size is explained as the
+    (B, C, H, W) stack would be (not handed to the model as a list, which it cannot run)."""
+    pytest.importorskip("ultralytics")
+    from tests.detection.conftest import smooth_images, threshold_for, yolo
+
+    model = yolo("yolov8n.yaml")
+    x = smooth_images(2, 64, 64, seed=6)
+    target = T.detections(score_threshold=threshold_for(model, x, 4))
+    ref = camlens.explain(model, x, "gradcam", "model.15", target=target)
+    ex = camlens.explain(model, list(x), "gradcam", "model.15", target=target)
+    assert isinstance(ex.maps, torch.Tensor) and ex.maps.shape == ref.maps.shape == (2, 12, 64, 64)
+    torch.testing.assert_close(ex.maps, ref.maps, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ex.raw["model.15"], ref.raw["model.15"], rtol=1e-4, atol=1e-5)
+    assert torch.equal(ex.targets, ref.targets) and torch.equal(ex.scores, ref.scores)
+    assert hook_count(model) == 0
