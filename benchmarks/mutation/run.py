@@ -79,6 +79,8 @@ MODULES: dict[str, Target] = {
             "tests/test_capture.py",
             "tests/test_gradients.py",
             "tests/test_runners.py",
+            "tests/test_runners_precision.py",
+            "tests/test_runners_layouts.py",
             "tests/test_display.py",
         ),
     ),
