@@ -9,29 +9,7 @@ import torch
 
 from camlens.cams import kpcacam, randomcam, segeigencam
 from camlens.cams.eigen import positive_peak
-
-
-def _reference_kpca(acts, kernel, gamma=None, degree=3, coef0=1.0):
-    """Kernel PCA in float64, one image at a time: centred positions, the Gram matrix, its
-    feature-space centring (I - 1/n) G (I - 1/n), the top eigenpair, sqrt(lambda) alpha, the
-    larger of |max| and |min| made positive."""
-    out = []
-    for a in acts.double():
-        x = a.reshape(a.shape[0], -1).T
-        x = x - x.mean(0)
-        n, k = x.shape
-        g = 1.0 / k if gamma is None else gamma
-        if kernel == "poly":
-            gram = (g * x @ x.T + coef0) ** degree
-        elif kernel == "sigmoid":
-            gram = torch.tanh(g * x @ x.T + coef0)
-        else:
-            raise AssertionError(kernel)
-        c = torch.eye(n, dtype=torch.float64) - 1.0 / n
-        vals, vecs = torch.linalg.eigh(c @ gram @ c)
-        p = vecs[:, -1] * vals[-1].clamp(min=0).sqrt()
-        out.append((-p if p.min().abs() > p.max().abs() else p).reshape(a.shape[1:]))
-    return torch.stack(out)
+from tests.cams.test_kpca import reference_kpca
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +36,7 @@ def test_kpcacam_centres_gram_matrices_with_large_means(acts, kernel: str, optio
     mean, per image: with Gram matrices far from centred, any other combination (or a mean
     over the batch) puts the constant vector on top or tilts the component."""
     got = kpcacam(acts, kernel=kernel, **options)
-    ref = _reference_kpca(acts, kernel, **options)
+    ref = reference_kpca(acts, kernel, **options)
     assert torch.allclose(got, ref, atol=1e-8)
     one = torch.cat([kpcacam(a[None], kernel=kernel, **options) for a in acts])
     assert torch.allclose(got, one, atol=1e-10)  # each image on its own

@@ -111,9 +111,11 @@ def test_occlusion_errors(setup) -> None:
         camlens.explain(model, x, "occlusion", window=4, stride=2, baseline=torch.zeros(4, 1, 1))
 
 
-def _reference_rise(model, x, target, n, cells, p, seed):
-    """RISE written out in float64 from the documented recipe: the draws in order (grids,
-    then row shifts, then column shifts), bilinear upsampling, crop, softmax score."""
+def reference_rise(model, x, target, n, cells, p, seed, softmax):
+    """RISE in float64, one mask at a time: the documented draws in order (grids, row shifts,
+    column shifts), bilinear upsampling to (cells + 1) cells, the crop at the shift, and
+    S = 1 / (N p) sum_n f(I * M_n) M_n for every image and target. target: (B, T); ``model``
+    in float64."""
     h, w = x.shape[-2:]
     ch, cw = math.ceil(h / cells), math.ceil(w / cells)
     gen = torch.Generator().manual_seed(seed)
@@ -121,16 +123,14 @@ def _reference_rise(model, x, target, n, cells, p, seed):
     dy = torch.randint(0, ch, (n,), generator=gen)
     dx = torch.randint(0, cw, (n,), generator=gen)
     up = F.interpolate(grids[:, None], size=((cells + 1) * ch, (cells + 1) * cw), mode="bilinear")
-    sal = torch.zeros(x.shape[0], h, w, dtype=torch.float64)
-    model64 = model.double()
-    try:
-        for i in range(n):
-            mask = up[i, 0, dy[i] : dy[i] + h, dx[i] : dx[i] + w]
-            with torch.no_grad():
-                prob = model64(x.double() * mask).softmax(dim=1)
-            sal += prob[torch.arange(x.shape[0]), target][:, None, None] * mask
-    finally:
-        model.float()
+    sal = torch.zeros(*target.shape, h, w, dtype=torch.float64)
+    rows = torch.arange(x.shape[0])[:, None]
+    for i in range(n):
+        mask = up[i, 0, dy[i] : dy[i] + h, dx[i] : dx[i] + w]
+        with torch.no_grad():
+            out = model(x.double() * mask)
+        out = out.softmax(dim=1) if softmax else out
+        sal += out[rows, target][:, :, None, None] * mask
     return sal / (n * p)
 
 
@@ -140,7 +140,10 @@ def test_rise_matches_a_float64_reference(setup) -> None:
     ex = camlens.explain(
         model, x, "rise", target=target, n=60, cells=3, p=0.3, seed=5, batch_size=16
     )
-    ref = _reference_rise(model, x, target, 60, 3, 0.3, 5)
+    try:
+        ref = reference_rise(model.double(), x, target[:, None], 60, 3, 0.3, 5, True)[:, 0]
+    finally:
+        model.float()
     assert torch.allclose(ex.raw["input"].double(), ref, atol=1e-5)
     # a different seed draws other masks
     other = camlens.explain(model, x, "rise", target=target, n=60, cells=3, p=0.3, seed=6)

@@ -5,7 +5,6 @@ p = 1, the chunked accumulation, and every refusal by its message."""
 from __future__ import annotations
 
 import importlib
-import math
 import re
 
 import pytest
@@ -17,33 +16,12 @@ import camlens
 from camlens.cams.occlusion import rise_masks
 from camlens.errors import InputError
 from camlens.maps import minmax
+from tests.cams.test_occlusion import reference_rise
 from tests.conftest import GapNet
 
 
 def _exact(msg: str) -> str:
     return "^" + re.escape(msg) + "$"
-
-
-def _reference_rise(model, x, target, n, cells, p, seed, softmax):
-    """RISE in float64, one mask at a time: the documented draws in order (grids, row shifts,
-    column shifts), bilinear upsampling to (cells + 1) cells, the crop at the shift, and
-    S = 1 / (N p) sum_n f(I * M_n) M_n for every image and target. target: (B, T)."""
-    h, w = x.shape[-2:]
-    ch, cw = math.ceil(h / cells), math.ceil(w / cells)
-    gen = torch.Generator().manual_seed(seed)
-    grids = (torch.rand(n, cells, cells, generator=gen) < p).double()
-    dy = torch.randint(0, ch, (n,), generator=gen)
-    dx = torch.randint(0, cw, (n,), generator=gen)
-    up = F.interpolate(grids[:, None], size=((cells + 1) * ch, (cells + 1) * cw), mode="bilinear")
-    sal = torch.zeros(*target.shape, h, w, dtype=torch.float64)
-    rows = torch.arange(x.shape[0])[:, None]
-    for i in range(n):
-        mask = up[i, 0, dy[i] : dy[i] + h, dx[i] : dx[i] + w]
-        with torch.no_grad():
-            out = model(x.double() * mask)
-        out = out.softmax(dim=1) if softmax else out
-        sal += out[rows, target][:, :, None, None] * mask
-    return sal / (n * p)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +52,7 @@ def test_rise_matches_a_float64_reference_on_non_square_images(
         softmax=softmax,
         batch_size=16,
     )
-    ref = _reference_rise(model64, x, target, 30, cells, 0.4, 7, softmax)
+    ref = reference_rise(model64, x, target, 30, cells, 0.4, 7, softmax)
     assert ex.raw["input"].shape == (2, 2, *size)
     assert torch.allclose(ex.raw["input"].double(), ref, atol=1e-5)
     with torch.no_grad():
@@ -196,7 +174,7 @@ def test_rise_masks_by_hand_on_a_non_square_crop() -> None:
 def test_rise_accepts_one_mask_of_one_cell(model64) -> None:
     x = torch.randn(1, 3, 6, 6, dtype=torch.float64)
     ex = camlens.explain(model64, x, "rise", target=[[1]], n=1, cells=1, p=0.5, seed=0)
-    ref = _reference_rise(model64, x, torch.tensor([[1]]), 1, 1, 0.5, 0, True)
+    ref = reference_rise(model64, x, torch.tensor([[1]]), 1, 1, 0.5, 0, True)
     assert torch.allclose(ex.raw["input"].double(), ref, atol=1e-6)
 
 
