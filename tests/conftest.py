@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import Tensor, nn
@@ -91,3 +93,13 @@ def gapnet() -> GapNet:
 def images() -> Tensor:
     torch.manual_seed(1)
     return torch.randn(4, 3, 16, 16)
+
+
+def whole(message: str) -> str:
+    """A ``match=`` pattern for exactly this message, character for character."""
+    return "^" + re.escape(message) + "$"
+
+
+def raises_whole(error: type[Exception], message: str):
+    """``pytest.raises`` that wants the whole message, character for character."""
+    return pytest.raises(error, match=whole(message))

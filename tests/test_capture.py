@@ -3,7 +3,6 @@ SmoothGrad's noisy copies, each against what it must record or refuse, word for 
 
 from __future__ import annotations
 
-import re
 from types import SimpleNamespace
 
 import pytest
@@ -12,11 +11,7 @@ from torch import Tensor, nn
 
 from camlens.capture import Capture, check_images, noisy_copies, preserved_model
 from camlens.errors import InputError, LayerError
-
-
-def exactly(error: type[Exception], message: str):
-    """pytest.raises that wants the whole message, character for character."""
-    return pytest.raises(error, match="^" + re.escape(message) + "$")
+from tests.conftest import raises_whole
 
 
 def hooks(model: nn.Module) -> int:
@@ -219,7 +214,7 @@ def test_a_layer_that_is_no_map_is_refused(output, shape) -> None:
         "a convolutional layer, block or transformer norm, or pass layer=None to use the "
         "automatic one"
     )
-    with exactly(LayerError, message), capture:
+    with raises_whole(LayerError, message), capture:
         module(torch.zeros(1))
     assert hooks(module) == 0 and capture.calls == {}
 
@@ -305,7 +300,7 @@ def test_a_list_of_images_is_stacked_and_passed_as_given(wrap) -> None:
 
 
 def _refused(images: object, message: str, model: nn.Module | None = None) -> None:
-    with exactly(InputError, message):
+    with raises_whole(InputError, message):
         check_images(model or Net(), images)
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 import pytest
 import torch
 from torch import nn
@@ -12,12 +10,8 @@ import camlens
 import camlens.engine
 from camlens.layouts import Layout, infer_layout
 from camlens.registry import get_method
+from tests.conftest import whole
 from tests.engine_models import Net, acts_and_grads, class_score, images
-
-
-def exactly(msg: str) -> str:
-    return "^" + re.escape(msg) + "$"
-
 
 ANY = " (and layout, batch_size, progress, seed for any method)"
 
@@ -36,7 +30,7 @@ ANY = " (and layout, batch_size, progress, seed for any method)"
 )
 def test_unknown_options_name_what_the_method_accepts(method, options, unknown, accepted) -> None:
     msg = f"unknown option(s) {unknown} for method {method!r}; it accepts: {accepted}{ANY}"
-    with pytest.raises(camlens.InputError, match=exactly(msg)):
+    with pytest.raises(camlens.InputError, match=whole(msg)):
         camlens.Explainer(Net(), method, **options)
 
 
@@ -53,7 +47,7 @@ def test_options_go_to_the_function_or_to_the_score() -> None:
 
 def test_not_a_model() -> None:
     msg = "model must be a torch.nn.Module, got function"
-    with pytest.raises(camlens.InputError, match=exactly(msg)):
+    with pytest.raises(camlens.InputError, match=whole(msg)):
         camlens.Explainer(lambda x: x)
 
 
@@ -61,7 +55,7 @@ def test_layout_spellings() -> None:
     for layout in (None, "nchw", "nhwc", "tokens", lambda a: a):
         assert camlens.Explainer(Net(), layout=layout).layout_spec is layout
     msg = "layout must be None, 'nchw', 'nhwc', 'tokens' or a callable, got 'NCHW'"
-    with pytest.raises(camlens.InputError, match=exactly(msg)):
+    with pytest.raises(camlens.InputError, match=whole(msg)):
         camlens.Explainer(Net(), layout="NCHW")
 
 
@@ -72,7 +66,7 @@ def test_smooth_is_for_methods_of_acts_and_grads() -> None:
         "smooth= applies to gradient methods that take (acts, grads); 'CAM' does not "
         "(smoothgradcampp has its own samples= option)"
     )
-    with pytest.raises(camlens.InputError, match=exactly(msg)):
+    with pytest.raises(camlens.InputError, match=whole(msg)):
         camlens.Explainer(Net(), "CAM", smooth=2)
 
 
@@ -84,7 +78,7 @@ def test_exact_is_an_option_of_gradcampp() -> None:
     assert camlens.Explainer(Net()).batch_size == 64  # the documented defaults
     assert camlens.Explainer(Net(), "gradcam", exact=False).exact is False
     msg = "exact=True is an option of gradcampp, not of 'layercam'"
-    with pytest.raises(camlens.InputError, match=exactly(msg)):
+    with pytest.raises(camlens.InputError, match=whole(msg)):
         camlens.Explainer(Net(), "layercam", exact=True)
 
 

@@ -15,12 +15,8 @@ from camlens.registry import get_method
 from camlens.targets import Target, select_scores
 from camlens.targets_output import counterfactual
 from camlens.wrappers import aug_smooth
-from tests.conftest import HandNet, hook_count
+from tests.conftest import HandNet, hook_count, whole
 from tests.engine_models import CubeNet, Net, acts_and_grads, class_score, images
-
-
-def exactly(msg: str) -> str:
-    return "^" + re.escape(msg) + "$"
 
 
 @pytest.mark.parametrize("method", ["gradcam", "fullgrad"])
@@ -33,7 +29,7 @@ def test_inference_mode_refuses_methods_that_need_gradients(method) -> None:
     model = Net().eval()
     with torch.inference_mode(), pytest.raises(camlens.GradientUnavailableError) as err:
         camlens.explain(model, images(), method)
-    assert re.match(exactly(msg), str(err.value))
+    assert re.match(whole(msg), str(err.value))
     assert hook_count(model) == 0
 
 
@@ -46,7 +42,7 @@ def test_a_list_for_a_model_that_takes_a_tensor() -> None:
         f"Net does not take a list of images ({first}); pass a (B, C, H, W) tensor (lists are "
         "for torchvision detectors)"
     )
-    with pytest.raises(camlens.InputError, match=exactly(msg)):
+    with pytest.raises(camlens.InputError, match=whole(msg)):
         camlens.explain(model, list(x), "gradcam", "features")
     assert hook_count(model) == 0
 
@@ -56,7 +52,7 @@ def test_a_type_error_of_the_model_on_a_tensor_is_its_own() -> None:
         def head(self, a):
             raise TypeError("the model's own type error")
 
-    with pytest.raises(TypeError, match=exactly("the model's own type error")) as err:
+    with pytest.raises(TypeError, match=whole("the model's own type error")) as err:
         camlens.explain(Fails(), images(), "gradcam", "features")
     assert not isinstance(err.value, camlens.InputError)
 
@@ -67,7 +63,7 @@ def test_a_list_of_several_sizes_is_for_detectors() -> None:
         "(torchvision detectors, Ultralytics YOLO); resize them to one size and pass a "
         "(B, C, H, W) tensor"
     )
-    with pytest.raises(camlens.InputError, match=exactly(msg)):
+    with pytest.raises(camlens.InputError, match=whole(msg)):
         camlens.explain(Net(), [torch.randn(3, 8, 8), torch.randn(3, 12, 12)], target=1)
 
 
@@ -78,7 +74,7 @@ def test_a_layer_that_does_not_run_and_a_shared_layer() -> None:
         "layer 'unused' did not run during the forward pass, so it cannot be explained; pick a "
         "layer on the path from the input to the output"
     )
-    with pytest.raises(camlens.LayerError, match=exactly(msg)):
+    with pytest.raises(camlens.LayerError, match=whole(msg)):
         camlens.explain(model, images(), "gradcam", "unused")
 
     class Twice(Net):
@@ -89,13 +85,13 @@ def test_a_layer_that_does_not_run_and_a_shared_layer() -> None:
         "layer 'features.1' ran 3 times in one forward pass (a shared module); its activation "
         "is ambiguous, pick a layer that runs once"
     )
-    with pytest.raises(camlens.LayerError, match=exactly(msg)):
+    with pytest.raises(camlens.LayerError, match=whole(msg)):
         camlens.explain(Twice(), images(), "gradcam", "features.1")
 
 
 def test_cam_needs_class_ids() -> None:
     msg = "CAM explains a class of a classifier: pass class ids as target"
-    with pytest.raises(camlens.TargetError, match=exactly(msg)):
+    with pytest.raises(camlens.TargetError, match=whole(msg)):
         camlens.explain(Net(), images(), "cam", "features", lambda out: out[:, 0])
 
 
@@ -110,7 +106,7 @@ def test_counterfactual_negates_the_gradient_and_is_refused_where_ignored() -> N
         "counterfactual(None) negates the score, which 'eigencam' ignores (it scores class ids "
         "or reads no gradient); use a gradient method such as gradcam, gradcampp or layercam"
     )
-    with pytest.raises(camlens.TargetError, match=exactly(msg)):
+    with pytest.raises(camlens.TargetError, match=whole(msg)):
         camlens.explain(model, x, "eigencam", "features", counterfactual())
 
 
@@ -127,7 +123,7 @@ def test_a_zero_gradient_warns_once_by_its_whole_message() -> None:
         "untrained head initialised to zero, as torchvision's ViT heads are, or a saturated "
         "target)"
     )
-    with pytest.warns(UserWarning, match=exactly(msg)) as record:
+    with pytest.warns(UserWarning, match=whole(msg)) as record:
         ex = camlens.explain(model, x, "gradcam", "features", [0, 1, 2])
     assert len(record) == 1 and not ex.maps.any()
 
@@ -143,7 +139,7 @@ def test_a_map_below_zero_everywhere_warns_where() -> None:
         "the target (untrained weights, or a target the image speaks against: try "
         "targets.counterfactual, another layer or method)"
     )
-    with pytest.warns(UserWarning, match=exactly(msg)):
+    with pytest.warns(UserWarning, match=whole(msg)):
         ex = camlens.explain(model, x, "gradcam", "features", [[0, 1], [1, 1], [0, 1]])
     assert not ex.maps[0, 0].any() and ex.maps[0, 1].any()
 
@@ -315,7 +311,7 @@ def test_a_map_below_zero_warns_where_with_one_target_per_image() -> None:
         "target (untrained weights, or a target the image speaks against: try "
         "targets.counterfactual, another layer or method)"
     )
-    with pytest.warns(UserWarning, match=exactly(msg)) as record:
+    with pytest.warns(UserWarning, match=whole(msg)) as record:
         ex = camlens.explain(model, x, "gradcam", "features", 0)
     assert len(record) == 1
     assert not ex.maps[0].any() and ex.maps[1].any() and not ex.maps[2].any()
@@ -353,7 +349,7 @@ def test_an_unreadable_layout_and_a_head_that_is_not_gap_linear_name_the_layer()
         "layout='nchw' (B, C, h, w), 'nhwc' (B, h, w, C), 'tokens' (B, N, C) or a callable "
         "activation -> (B, C, h, w) (like pytorch-grad-cam's reshape_transform)"
     )
-    with pytest.raises(camlens.LayerError, match=exactly(msg)):
+    with pytest.raises(camlens.LayerError, match=whole(msg)):
         camlens.explain(Odd().eval(), x, "gradcam", "features", 0)
     msg = (
         "CAM needs layer 'features' to be followed by global average pooling and a single "
@@ -361,5 +357,5 @@ def test_an_unreadable_layout_and_a_head_that_is_not_gap_linear_name_the_layer()
         "the input of linear 'fc' is not the global average of 'features'. Use method='gradcam' "
         "instead: it works on any CNN and equals CAM / (h*w) on GAP + linear heads."
     )
-    with pytest.raises(camlens.UnsupportedModelError, match=exactly(msg)):
+    with pytest.raises(camlens.UnsupportedModelError, match=whole(msg)):
         camlens.explain(MaxHead().eval(), x, "cam", "features", 0)

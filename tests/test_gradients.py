@@ -3,19 +3,13 @@ several targets, H A (ShapleyCAM), and Grad-CAM++'s exact diagonal derivatives i
 
 from __future__ import annotations
 
-import re
-
 import pytest
 import torch
 from torch import Tensor
 
 from camlens.errors import TargetError
 from camlens.gradients import diagonal_derivatives, gradients, score_gradients
-
-
-def exactly(error: type[Exception], message: str):
-    """pytest.raises that wants the whole message, character for character."""
-    return pytest.raises(error, match="^" + re.escape(message) + "$")
+from tests.conftest import raises_whole
 
 
 def leaves(*shape: int, seed: int = 0, count: int = 2) -> list[Tensor]:
@@ -60,15 +54,15 @@ def test_a_score_that_does_not_depend_on_the_layers_is_refused() -> None:
         "the target score does not depend on the explained layer(s) ['a', 'b']; pick a layer "
         "before the output that the score is computed from"
     )
-    with exactly(TargetError, message):
+    with raises_whole(TargetError, message):
         score_gradients(torch.ones(1), [a, b], ["a", "b"])
     message = (
         "the target score does not depend on layer(s) ['b']; pick layers on the path from the "
         "input to the explained output"
     )
-    with exactly(TargetError, message):
+    with raises_whole(TargetError, message):
         score_gradients(a.sum(dim=(1, 2, 3)), [a, b], ["a", "b"])
-    with exactly(TargetError, message):
+    with raises_whole(TargetError, message):
         score_gradients(torch.stack([a.sum(), 2 * a.sum()])[None], [a, b], ["a", "b"])
 
 

@@ -5,7 +5,6 @@ runner hands it."""
 from __future__ import annotations
 
 import dataclasses
-import re
 
 import pytest
 import torch
@@ -18,15 +17,10 @@ from camlens.errors import InputError, LayerError
 from camlens.maps import minmax, to_heatmap
 from camlens.runners import run_layer_probe, run_model_level, token_layout
 from camlens.targets import Selection, Target, select_scores
-from tests.conftest import HandNet
+from tests.conftest import HandNet, raises_whole
 
 W = torch.tensor([[1.0, -2.0, 0.5], [0.25, 1.0, -1.0]])
 B = torch.tensor([0.5, -0.25])
-
-
-def exactly(error: type[Exception], message: str):
-    """pytest.raises that wants the whole message, character for character."""
-    return pytest.raises(error, match="^" + re.escape(message) + "$")
 
 
 def acts(seed: int = 0, batch: int = 2) -> Tensor:
@@ -242,18 +236,18 @@ def test_a_callable_layout_that_moves_the_axes_is_refused(method) -> None:
         "(2, 7, 3), and a callable layout= cannot be undone to put them back; pass "
         "layout='tokens', 'nhwc' or None instead"
     )
-    with exactly(InputError, message):
+    with raises_whole(InputError, message):
         camlens.explain(Tokens().eval(), acts(), method, "features", 0, layout=grid)
-    with exactly(InputError, message.replace("(2, 7, 3)", "(2, 3, 2, 3)")):
+    with raises_whole(InputError, message.replace("(2, 7, 3)", "(2, 3, 2, 3)")):
         camlens.explain(hand(), acts(), method, "features", 0, layout=lambda t: t.flip(1))
 
 
 def test_a_list_of_images_is_refused() -> None:
     ex = camlens.Explainer(hand(), "reciprocam", "features")
     a = acts()
-    with exactly(InputError, "reciprocam re-runs the network after the layer; pass a tensor"):
+    with raises_whole(InputError, "reciprocam re-runs the network after the layer; pass a tensor"):
         run_layer_probe(ex, a, list(a), 0)
-    with exactly(InputError, "ablationcam re-runs the network after the layer; pass a tensor"):
+    with raises_whole(InputError, "ablationcam re-runs the network after the layer; pass a tensor"):
         run_layer_probe(camlens.Explainer(hand(), "ablationcam", "features"), a, tuple(a), 0)
 
 
@@ -262,7 +256,7 @@ def test_a_layer_that_is_no_map_is_refused() -> None:
         "ablationcam modifies a feature map, channels-last map or tokens, but layer 'fc' outputs "
         "(2, 2); pick a convolutional layer, block or transformer norm"
     )
-    with exactly(LayerError, message):
+    with raises_whole(LayerError, message):
         camlens.explain(hand(), acts(), "ablationcam", "fc", 0)
 
 
@@ -325,7 +319,7 @@ def test_a_layer_whose_output_is_no_tensor_is_refused_by_its_type() -> None:
         "ablationcam modifies a feature map, channels-last map or tokens, but layer 'features' "
         "outputs dict; pick a convolutional layer, block or transformer norm"
     )
-    with exactly(LayerError, message):
+    with raises_whole(LayerError, message):
         camlens.explain(model, acts(), "ablationcam", "features", 0)
 
 

@@ -18,11 +18,7 @@ import camlens
 from camlens import targets as T
 from camlens.detection.yolo import select_yolo
 from camlens.targets import Detections, _per_image, box_iou, match_given, stack_rows
-
-
-def exactly(error: type[Exception], message: str):
-    """pytest.raises that wants the whole message, character for character."""
-    return pytest.raises(error, match="^" + re.escape(message) + "$")
+from tests.conftest import raises_whole
 
 
 def outside_camlens(filename: str) -> bool:
@@ -104,9 +100,9 @@ def test_given_boxes_and_labels_per_image() -> None:
 )
 def test_given_values_that_do_not_fit_the_batch(value, what: str) -> None:
     message = f"detections({what}=...) needs one entry per image (2) or one tensor for all"
-    with exactly(camlens.TargetError, message):
+    with raises_whole(camlens.TargetError, message):
         _per_image(value, 2, what)
-    with exactly(camlens.TargetError, message):
+    with raises_whole(camlens.TargetError, message):
         T.detections(**{what: value}).given(2)
 
 
@@ -176,7 +172,7 @@ def test_match_given_without_detections() -> None:
 
 @pytest.mark.parametrize("want", [[1, 2], [1, 2, 3, 4], [[1, 2, 3, 4]]])
 def test_match_given_wants_one_label_per_box(want) -> None:
-    with exactly(camlens.TargetError, "detections(): give one label per box"):
+    with raises_whole(camlens.TargetError, "detections(): give one label per box"):
         match_given(GIVEN, torch.tensor(want), D_BOXES, d_scores(), D_LABELS, 0.5)
 
 
@@ -360,15 +356,15 @@ def test_detections_refusals() -> None:
         "labels, scores) or an Ultralytics YOLO model's, got {}"
     )
     got = "a list of 2 (a dict with keys ['boxes', 'scores', 'labels'], ...)"
-    with exactly(camlens.UnsupportedModelError, needs.format(3, got)):
+    with raises_whole(camlens.UnsupportedModelError, needs.format(3, got)):
         T.detections().select(out, 3)
-    with exactly(camlens.UnsupportedModelError, needs.format(1, got)):
+    with raises_whole(camlens.UnsupportedModelError, needs.format(1, got)):
         T.detections().select(out, 1)
-    with exactly(camlens.UnsupportedModelError, needs.format(2, "a tensor of shape (2, 5)")):
+    with raises_whole(camlens.UnsupportedModelError, needs.format(2, "a tensor of shape (2, 5)")):
         T.detections().select(torch.zeros(2, 5), 2)
     # noisy copies: the output holds B (1 + copies) images, refused as such
     for copies in (1, 2):
-        with exactly(
+        with raises_whole(
             camlens.TargetError, "detection targets do not support smooth= or noisy-sample methods"
         ):
             T.detections().select(out * (1 + copies), 2, copies=copies)
@@ -395,7 +391,7 @@ def test_smooth_on_a_detector_is_refused_as_such() -> None:
     model, x = TinyDetector().eval(), torch.rand(2, 3, 8, 8)
     ex = camlens.explain(model, x, "gradcam", "features", target=T.detections(score_threshold=0))
     assert ex.maps.shape == (2, 1, 8, 8) and torch.equal(ex.targets, torch.ones(2, 1).long())
-    with exactly(
+    with raises_whole(
         camlens.TargetError, "detection targets do not support smooth= or noisy-sample methods"
     ):
         camlens.explain(model, x, "gradcam", "features", target=T.detections(), smooth=2)
@@ -448,7 +444,7 @@ def test_yolo_outputs_go_to_select_yolo() -> None:
     same = select_yolo(target, output, 1)
     assert torch.equal(sel.scores, same.scores) and torch.equal(sel.ids, same.ids)
     assert set(sel.extras) == set(same.extras) == {"boxes", "matched", "anchors", "levels"}
-    with exactly(
+    with raises_whole(
         camlens.TargetError, "detection targets do not support smooth= or noisy-sample methods"
     ):
         target.select(output, 1, copies=1)

@@ -17,11 +17,7 @@ from torch import Tensor
 import camlens
 from camlens import targets as T
 from camlens.targets import Selection, Target, _repeat, class_ids, logits_of, select_scores
-
-
-def exactly(error: type[Exception], message: str):
-    """pytest.raises that wants the whole message, character for character."""
-    return pytest.raises(error, match="^" + re.escape(message) + "$")
+from tests.conftest import raises_whole
 
 
 def outside_camlens(filename: str) -> bool:
@@ -74,7 +70,7 @@ def test_class_ids_of_every_accepted_spelling() -> None:
     ],
 )
 def test_class_ids_that_are_not_integers(target, message: str) -> None:
-    with exactly(camlens.TargetError, message):
+    with raises_whole(camlens.TargetError, message):
         class_ids(target, LOGITS)
 
 
@@ -86,7 +82,7 @@ def test_class_ids_of_the_wrong_shape(shape: tuple[int, ...]) -> None:
         f"target has shape {shape} but the batch has 3 images; pass one id per image (3,), a "
         "single int for all, or (3, T) ids for T classes per image"
     )
-    with exactly(camlens.TargetError, message):
+    with raises_whole(camlens.TargetError, message):
         class_ids(torch.zeros(shape, dtype=torch.long), LOGITS)
 
 
@@ -97,7 +93,7 @@ def test_class_ids_out_of_range(target, bad: str) -> None:
     message = (
         f"target class id(s) {bad} out of range: the model has 5 classes, so ids must be in [0, 4]"
     )
-    with exactly(camlens.TargetError, message):
+    with raises_whole(camlens.TargetError, message):
         class_ids(target, LOGITS)
     assert torch.equal(class_ids(4, LOGITS), torch.full((3,), 4))  # the last class is fine
 
@@ -126,7 +122,7 @@ def test_logits_of_refuses_with_a_hint(output: Tensor, batch: int, hint: str) ->
         f"the model returned a tensor of shape {tuple(output.shape)}; class targets need "
         f"(B, classes) logits with B={batch}: {hints[hint]}, or a callable output -> (B,) scores"
     )
-    with exactly(camlens.UnsupportedModelError, message):
+    with raises_whole(camlens.UnsupportedModelError, message):
         logits_of(output, batch)
 
 
@@ -193,13 +189,13 @@ def test_top_k_with_noisy_copies_and_a_score_function() -> None:
 
 @pytest.mark.parametrize("k", [0, -1, 2.5, True, "3", None])
 def test_top_needs_a_positive_int(k) -> None:
-    with exactly(camlens.TargetError, f"top(k) needs a positive int k, got {k!r}"):
+    with raises_whole(camlens.TargetError, f"top(k) needs a positive int k, got {k!r}"):
         T.top(k)
 
 
 def test_top_k_beyond_the_classes() -> None:
     assert T.top(5).select(LOGITS, 3).ids.shape == (3, 5)
-    with exactly(camlens.TargetError, "top(6) but the model has 5 classes"):
+    with raises_whole(camlens.TargetError, "top(6) but the model has 5 classes"):
         T.top(6).select(LOGITS, 3)
 
 
@@ -302,7 +298,7 @@ def test_segmentation_needs_class_maps(output: Tensor, batch: int, shape: tuple)
         "segmentation targets need (B, classes, H, W) logits, but the model returned a tensor "
         f"of shape {shape}"
     )
-    with exactly(camlens.UnsupportedModelError, message):
+    with raises_whole(camlens.UnsupportedModelError, message):
         T.segmentation(0).select(output, batch)
 
 
@@ -316,7 +312,7 @@ def test_segmentation_needs_class_maps(output: Tensor, batch: int, shape: tuple)
     ],
 )
 def test_segmentation_class_ids(class_id, message: str) -> None:
-    with exactly(camlens.TargetError, message):
+    with raises_whole(camlens.TargetError, message):
         T.segmentation(class_id).select(SEG, 2)
 
 
@@ -326,7 +322,7 @@ def test_segmentation_masks_of_the_wrong_shape(shape: tuple[int, ...]) -> None:
         f"segmentation mask has shape {shape}; the output's class maps are (2, 2, 4): pass "
         "(B, H, W) or (H, W) at the output's size"
     )
-    with exactly(camlens.TargetError, message):
+    with raises_whole(camlens.TargetError, message):
         T.segmentation(0, torch.ones(shape)).select(SEG, 2)
 
 
@@ -358,7 +354,7 @@ def test_similarity_with_noisy_copies() -> None:
 
 
 def test_similarity_refusals() -> None:
-    with exactly(
+    with raises_whole(
         camlens.UnsupportedModelError,
         "similarity needs (B, D) embeddings, got a tensor of shape (2, 3)",
     ):
@@ -368,7 +364,7 @@ def test_similarity_refusals() -> None:
             f"similarity reference has shape {shape}; the embeddings are (2, 3): pass (3,) or "
             "(2, 3)"
         )
-        with exactly(camlens.TargetError, message):
+        with raises_whole(camlens.TargetError, message):
             T.similarity(torch.ones(shape)).select(EMB, 2)
 
 
@@ -398,7 +394,7 @@ def test_a_callable_target_gives_its_scores_without_class_ids() -> None:
 )
 def test_a_callable_target_must_return_b_or_b_t_scores(fn, got: str) -> None:
     message = f"a callable target must return a (B,) = (3,) or (B, T) tensor of scores, got {got}"
-    with exactly(camlens.TargetError, message):
+    with raises_whole(camlens.TargetError, message):
         select_scores(fn, LOGITS, 3)
 
 
@@ -418,7 +414,7 @@ def test_lazy_names_and_dir() -> None:
     assert T.output is targets_output.output and T.Output is targets_output.Output
     assert T.counterfactual is targets_output.counterfactual
     assert T.text is targets_text.text and T.Text is targets_text.Text
-    with exactly(AttributeError, "module 'camlens.targets' has no attribute 'nothing'"):
+    with raises_whole(AttributeError, "module 'camlens.targets' has no attribute 'nothing'"):
         T.nothing  # noqa: B018
     assert not hasattr(T, "Nothing")
     names = dir(T)

@@ -4,8 +4,6 @@ not reach their attention, and each error by its whole message."""
 
 from __future__ import annotations
 
-import re
-
 import pytest
 import torch
 from torch import Tensor, nn
@@ -15,13 +13,9 @@ from camlens.cams.model_based import ModelCall
 from camlens.errors import InputError, LayerError, UnsupportedModelError
 from tests.cams.test_attention import grid_of, picker
 from tests.cams.test_legrad import MODELS, reference_legrad, tv_hidden
-from tests.conftest import tiny_tv
+from tests.conftest import tiny_tv, whole
 
 READ = MODELS["torchvision"][2]  # heads(encoder.ln(mean_t z_t)): the readout legrad uses
-
-
-def exactly(msg: str) -> str:
-    return "^" + re.escape(msg) + "$"
 
 
 def setup(seed: int = 0, layers: int = 2) -> tuple[nn.Module, Tensor]:
@@ -132,7 +126,7 @@ def test_the_maps_keep_the_attention_dtype_where_a_block_is_not_reached() -> Non
 
 def test_legrad_relevance_needs_a_block() -> None:
     msg = "legrad needs at least one transformer block"
-    with pytest.raises(UnsupportedModelError, match=exactly(msg)):
+    with pytest.raises(UnsupportedModelError, match=whole(msg)):
         legrad_relevance([])
 
 
@@ -146,7 +140,7 @@ def test_a_layer_that_is_not_a_block() -> None:
         "'encoder.layers.encoder_layer_2'] (blocks: encoder.layers.encoder_layer_0 .. "
         "encoder.layers.encoder_layer_2)"
     )
-    with pytest.raises(LayerError, match=exactly(msg)):
+    with pytest.raises(LayerError, match=whole(msg)):
         legrad(call)
 
 
@@ -154,15 +148,15 @@ def test_readout_errors() -> None:
     model, x = setup()
     ids = torch.tensor([0, 1, 2])
     msg = "readout must be a callable tokens (B, N, C) -> output, got 'heads'"
-    with pytest.raises(InputError, match=exactly(msg)):
+    with pytest.raises(InputError, match=whole(msg)):
         legrad(call_of(model, x, ids), readout="heads")  # type: ignore[arg-type]
     msg = "the blocks' readout scores do not depend on their attention; check readout="
     for several in (False, True):  # the parameters need grad: the scores do, not via attention
         target = torch.stack([ids, ids.flip(0)], dim=1) if several else ids
-        with pytest.raises(UnsupportedModelError, match=exactly(msg)):
+        with pytest.raises(UnsupportedModelError, match=whole(msg)):
             legrad(call_of(model, x, target), readout=lambda z: READ(model, z.detach()))
     model.requires_grad_(False)  # a frozen model: the scores need no grad at all
-    with pytest.raises(UnsupportedModelError, match=exactly(msg)):
+    with pytest.raises(UnsupportedModelError, match=whole(msg)):
         legrad(call_of(model, x, ids), readout=lambda z: READ(model, z.detach()))
     assert not any(p.requires_grad for p in model.parameters())
 
@@ -181,5 +175,5 @@ def test_a_block_without_self_attention() -> None:
         "VisionTransformer ran 1 attention maps in 2 blocks; legrad needs one self-attention "
         "per block"
     )
-    with pytest.raises(UnsupportedModelError, match=exactly(msg)):
+    with pytest.raises(UnsupportedModelError, match=whole(msg)):
         legrad(call_of(model, x, torch.tensor([0, 1, 2])))

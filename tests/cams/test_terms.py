@@ -5,8 +5,6 @@ with the defaults the methods document."""
 
 from __future__ import annotations
 
-import re
-
 import pytest
 import torch
 from torch import Tensor
@@ -22,12 +20,9 @@ from camlens.errors import MethodNotFoundError
 from camlens.maps import minmax, upsample
 from camlens.probe import Probe
 from tests.cams.test_rerun_units import TARGETS, LayerRun, head, input_probe, signed_acts
+from tests.conftest import whole
 
 B_, K_ = 2, 3
-
-
-def exactly(msg: str) -> str:
-    return "^" + re.escape(msg) + "$"
 
 
 def by_loops(w: Tensor, acts: Tensor) -> Tensor:
@@ -198,7 +193,7 @@ def test_fem_terms_defaults_by_hand() -> None:
     assert torch.equal(fem_terms(acts), expected)
     assert torch.equal(fem_terms(acts).sum(dim=1), fem(acts))
     msg = "weighting must be 'paper' or 'fraction', got 'x'"
-    with pytest.raises(ValueError, match=exactly(msg)):
+    with pytest.raises(ValueError, match=whole(msg)):
         fem_terms(acts, weighting="x")
 
 
@@ -240,12 +235,12 @@ def test_finercam_terms() -> None:
         "eigen_smooth with finercam needs a base with per-channel terms (gradcam, gradcampp, "
         "layercam, hirescam, xgradcam, gradcam_elementwise); got 'eigengradcam'"
     )
-    with pytest.raises(MethodNotFoundError, match=exactly(msg)):
+    with pytest.raises(MethodNotFoundError, match=whole(msg)):
         finercam_terms(acts, grads, base="eigengradcam")
     msg = (
         "finercam's base must be a gradient method that takes (acts, grads), such as gradcam, "
         "gradcampp, layercam, hirescam or xgradcam; got 'scorecam'"
     )
     for fn in (finercam_terms, finercam):
-        with pytest.raises(MethodNotFoundError, match=exactly(msg)):
+        with pytest.raises(MethodNotFoundError, match=whole(msg)):
             fn(acts, grads, base="scorecam")
