@@ -27,12 +27,13 @@ and each block's output is recorded. Its hooks are removed on exit, also after a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from camlens.capture import HookSet
 from camlens.errors import InputError, UnsupportedModelError
 
 Readout = Callable[[Tensor], Any]
@@ -175,7 +176,7 @@ def _tokens(output: Any) -> Tensor:
     return output
 
 
-class BlockTaps:
+class BlockTaps(HookSet):
     """For one forward: cut the graph between blocks and record every block's output.
 
     ``with BlockTaps(blocks) as taps: model(x)`` then ``taps.outputs[l]`` is block l's output
@@ -188,7 +189,7 @@ class BlockTaps:
     def __init__(self, blocks: list[tuple[str, nn.Module]]):
         self.blocks = blocks
         self.outputs: list[Tensor | None] = [None] * len(blocks)
-        self._handles: list[Any] = []
+        super().__init__()
 
     def _pre(self, _module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         def cut(t: Any) -> Any:
@@ -210,20 +211,10 @@ class BlockTaps:
 
         return hook
 
-    def __enter__(self) -> BlockTaps:
-        try:
-            for i, (_, block) in enumerate(self.blocks):
-                self._handles.append(block.register_forward_pre_hook(self._pre, with_kwargs=True))
-                self._handles.append(block.register_forward_hook(self._post(i)))
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+    def _register(self) -> Iterator[Any]:
+        for i, (_, block) in enumerate(self.blocks):
+            yield block.register_forward_pre_hook(self._pre, with_kwargs=True)
+            yield block.register_forward_hook(self._post(i))
 
 
 def ran(taps: BlockTaps) -> list[Tensor]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -40,7 +40,36 @@ def preserved_model(model: nn.Module) -> Iterator[None]:
                 param.requires_grad_(flag)
 
 
-class Capture:
+H = TypeVar("H", bound="HookSet")
+
+
+class HookSet:
+    """Hooks registered on entering the ``with`` block and removed on leaving it, also when
+    registering one of them fails half-way. Subclasses yield their handles from
+    :meth:`_register`."""
+
+    def __init__(self) -> None:
+        self._handles: list[Any] = []
+
+    def _register(self) -> Iterator[Any]:
+        raise NotImplementedError
+
+    def __enter__(self: H) -> H:
+        try:
+            for handle in self._register():
+                self._handles.append(handle)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+class Capture(HookSet):
     """Forward hooks that record the activations of the target layers.
 
     With ``track_grads`` the first hook to fire makes its output a leaf that requires grad and
@@ -74,7 +103,7 @@ class Capture:
         self._linears = linears
         self._model = model
         self._grid: tuple[int, ...] | None = None
-        self._handles: list[Any] = []
+        super().__init__()
 
     def _hook(self, name: str):
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
@@ -116,28 +145,18 @@ class Capture:
     def _frame_hook(self, _module: nn.Module, _inputs: Any, output: Any) -> None:
         self.frame = detector_frame(output) or self.frame
 
-    def __enter__(self) -> Capture:
-        try:
-            for name, module in self.layers:
-                self._handles.append(module.register_forward_hook(self._hook(name)))
-            for name, module in self._linears:
-                self._handles.append(module.register_forward_hook(self._linear_hook(name)))
-            if self._model is not None:
-                for module in self._model.modules() if self._grids else []:
-                    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-                        self._handles.append(module.register_forward_hook(self._grid_hook))
-                transform = detector_transform(self._model)
-                if transform is not None:
-                    self._handles.append(transform.register_forward_hook(self._frame_hook))
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+    def _register(self) -> Iterator[Any]:
+        for name, module in self.layers:
+            yield module.register_forward_hook(self._hook(name))
+        for name, module in self._linears:
+            yield module.register_forward_hook(self._linear_hook(name))
+        if self._model is not None:
+            for module in self._model.modules() if self._grids else []:
+                if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+                    yield module.register_forward_hook(self._grid_hook)
+            transform = detector_transform(self._model)
+            if transform is not None:
+                yield transform.register_forward_hook(self._frame_hook)
 
 
 def check_images(model: nn.Module, images: Any) -> tuple[Tensor, Any]:
