@@ -219,13 +219,15 @@ def refresh_tests(here: Path) -> None:
         shutil.copytree(ROOT / "tests", here / "mutants" / "tests", ignore=ignore)
 
 
-def refresh_sources(target: Target, here: Path) -> None:
+def refresh_sources(target: Target, here: Path) -> bool:
     """Bring the scratch copy's sources up to the checkout's, touching only files that changed.
 
     A mutated file that changed is rewritten in ``src/``: mutmut then makes new mutants for the
     functions whose code changed and keeps the verdicts of the others. mutmut copies the files
-    it does not mutate into ``mutants/`` once, so a changed one is copied there too.
+    it does not mutate into ``mutants/`` once, so a changed one is copied there too. Returns
+    whether a mutated file changed.
     """
+    changed = False
     mutated = {path.relative_to(ROOT) for pattern in target.mutate for path in ROOT.glob(pattern)}
     for path in sorted((ROOT / "src").rglob("*.py")):
         rel = path.relative_to(ROOT)
@@ -237,6 +239,8 @@ def refresh_sources(target: Target, here: Path) -> None:
             if not place.exists() or place.read_text() != text:
                 place.parent.mkdir(parents=True, exist_ok=True)
                 place.write_text(text)
+                changed |= rel in mutated
+    return changed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -274,7 +278,10 @@ def main(argv: list[str] | None = None) -> int:
         cmd = list(base)
         here = args.workdir / name
         if args.rerun and (here / "mutants").exists():
-            refresh_sources(MODULES[name], here)
+            if refresh_sources(MODULES[name], here):
+                # mutmut maps tests to functions only for new tests: new functions would be
+                # "no tests" until the mapping is made again from scratch (the verdicts stay)
+                (here / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
             refresh_tests(here)
             config = here / "pyproject.toml"
             config.write_text(config.read_text().replace('"forkserver"', '"fork"'))
